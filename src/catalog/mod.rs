@@ -1,0 +1,985 @@
+//! The catalog: Togai API objects loaded from a directory of JSON/YAML files, validated into
+//! billrun's model. Every problem is reported at once, each naming file, path and expectation.
+//!
+//! Layout: every `*.json`, `*.yaml`, `*.yml` file under the directory (sorted by path) is a map
+//! whose keys are lists of Togai objects: `eventSchemas`, `usageMeters`, `addOns`, `features`,
+//! `pricePlans`, `customers`, `accounts`, plus `accountAliases` and `accountSchedules` (maps from
+//! account id to Togai's `AccountAlias` / `PricingScheduleWithPricePlanId` lists, the shapes of
+//! the per-account list endpoints).
+
+pub mod raw;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::cycles::{parse_offsets, CycleConfig, Interval};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::doc::{self, Doc};
+use crate::jsonlogic::{self, Ast, Kind};
+use crate::money::Currency;
+use raw::*;
+
+#[derive(Debug, Clone)]
+pub struct EventSchema {
+    pub name: String,
+    pub attributes: BTreeSet<String>,
+    pub dimensions: BTreeSet<String>,
+}
+
+impl jsonlogic::Scope for EventSchema {
+    fn has_attribute(&self, n: &str) -> bool {
+        self.attributes.contains(n)
+    }
+    fn has_dimension(&self, n: &str) -> bool {
+        self.dimensions.contains(n)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregation {
+    Count,
+    Sum,
+}
+
+#[derive(Debug, Clone)]
+pub enum FilterField {
+    Attribute(String, Decimal),
+    Dimension(String, String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Computation {
+    pub order: i64,
+    pub matcher: Option<Ast>,
+    pub computation: Ast,
+}
+
+#[derive(Debug, Clone)]
+pub struct Meter {
+    pub id: String,
+    pub name: String,
+    pub display_name: String,
+    pub aggregation: Aggregation,
+    pub schema: String,
+    pub filters: Vec<FilterField>,
+    /// Sorted by `order`; the first whose matcher holds gives the units.
+    pub computations: Vec<Computation>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AddOn {
+    pub id: String,
+    pub display_name: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PricingModel {
+    Tiered,
+    Volume,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriceType {
+    Flat,
+    PerUnit,
+    Package,
+}
+
+impl PriceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PriceType::Flat => "FLAT",
+            PriceType::PerUnit => "PER_UNIT",
+            PriceType::Package => "PACKAGE",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Slab {
+    pub order: u32,
+    pub start_after: Decimal,
+    pub price_type: PriceType,
+    pub package_size: Option<Decimal>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Clamp {
+    pub min: Option<Decimal>,
+    pub max: Option<Decimal>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SlabRate {
+    pub rate: Decimal,
+    pub clamp: Clamp,
+}
+
+/// One currency's prices for a usage rate card, aligned with the card's (sorted) slabs.
+#[derive(Debug, Clone)]
+pub struct CardRates {
+    pub slabs: Vec<SlabRate>,
+    pub clamp: Clamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct UsageCard {
+    pub display_name: String,
+    pub meter_id: String,
+    pub tag: Option<String>,
+    pub model: PricingModel,
+    /// Sorted by `startAfter`.
+    pub slabs: Vec<Slab>,
+    pub rates: BTreeMap<String, CardRates>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FixedFeeCard {
+    pub display_name: String,
+    pub addon_id: String,
+    pub tag: Option<String>,
+    pub rates: BTreeMap<String, Decimal>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PricePlan {
+    pub id: String,
+    pub name: String,
+    pub cycle: CycleConfig,
+    pub currencies: Vec<String>,
+    pub usage_cards: Vec<UsageCard>,
+    pub fixed_fee_cards: Vec<FixedFeeCard>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Customer {
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub billing_address: Option<String>,
+    pub address: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Alias {
+    pub value: String,
+    pub from: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub id: String,
+    pub plan_id: String,
+    /// Local dates in the organisation's time zone; `[start, end)`.
+    pub start: NaiveDate,
+    pub end: Option<NaiveDate>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: String,
+    pub name: String,
+    pub customer_id: String,
+    pub currency: Currency,
+    pub net_term_days: Option<u32>,
+    pub email: Option<String>,
+    pub address: BTreeMap<String, String>,
+    pub aliases: Vec<Alias>,
+    /// Sorted by start, non-overlapping.
+    pub schedules: Vec<Schedule>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub event_schemas: BTreeMap<String, EventSchema>,
+    pub meters: BTreeMap<String, Meter>,
+    pub addons: BTreeMap<String, AddOn>,
+    pub plans: BTreeMap<String, PricePlan>,
+    pub customers: BTreeMap<String, Customer>,
+    pub accounts: BTreeMap<String, Account>,
+}
+
+/// Where an object came from, to point diagnostics at it.
+#[derive(Debug, Clone)]
+struct Origin {
+    file: PathBuf,
+    path: String,
+    pos: Option<(usize, usize)>,
+}
+
+impl Origin {
+    fn diag(&self, sub: &str, msg: impl Into<String>) -> Diagnostic {
+        let path = if sub.is_empty() { self.path.clone() } else { format!("{}.{sub}", self.path) };
+        Diagnostic::new(&self.file, path, msg).at(self.pos)
+    }
+}
+
+#[derive(Default)]
+struct RawCatalog {
+    event_schemas: Vec<(Origin, RawEventSchema)>,
+    meters: Vec<(Origin, RawUsageMeter)>,
+    addons: Vec<(Origin, RawAddOn)>,
+    features: Vec<(Origin, RawFeature)>,
+    plans: Vec<(Origin, RawPricePlan)>,
+    customers: Vec<(Origin, RawCustomer)>,
+    accounts: Vec<(Origin, RawAccount)>,
+    aliases: Vec<(Origin, String, RawAlias)>,
+    schedules: Vec<(Origin, String, RawSchedule)>,
+}
+
+/// Settings the catalog needs from the run configuration.
+pub struct LoadContext<'a> {
+    pub base_currency: &'a Currency,
+    pub time_zone: chrono_tz::Tz,
+}
+
+/// Load and validate every catalog file under `dir`.
+pub fn load_dir(dir: &Path, ctx: &LoadContext) -> Result<Catalog, Diagnostics> {
+    let mut d = Diagnostics::default();
+    let mut files = Vec::new();
+    collect_files(dir, &mut files, &mut d);
+    if files.is_empty() && d.is_empty() {
+        d.push(Diagnostic::new(dir, "", "no catalog files (*.json, *.yaml, *.yml) found"));
+    }
+    files.sort();
+    let mut raw = RawCatalog::default();
+    for f in &files {
+        match std::fs::read_to_string(f) {
+            Ok(text) => load_file(f, &text, &mut raw, &mut d),
+            Err(e) => d.push(Diagnostic::new(f, "", format!("cannot read: {e}"))),
+        }
+    }
+    let cat = validate(raw, ctx, &mut d);
+    if d.is_empty() { Ok(cat) } else { Err(d.sorted()) }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, d: &mut Diagnostics) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            d.push(Diagnostic::new(dir, "", format!("cannot read the catalog directory: {e}")));
+            return;
+        }
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            collect_files(&p, out, d);
+        } else if matches!(p.extension().and_then(|x| x.to_str()), Some("json" | "yaml" | "yml")) {
+            out.push(p);
+        }
+    }
+}
+
+const KEYS: &[&str] = &[
+    "eventSchemas",
+    "usageMeters",
+    "addOns",
+    "features",
+    "pricePlans",
+    "customers",
+    "accounts",
+    "accountAliases",
+    "accountSchedules",
+];
+
+fn de<T: DeserializeOwned>(doc: &Doc, file: &Path, path: &str, v: &Value, d: &mut Diagnostics) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let full = if inner == "." || inner.is_empty() { path.to_string() } else { format!("{path}.{inner}") };
+            let msg = e.into_inner().to_string().replace("$decimal", "number");
+            d.push(Diagnostic::new(file, full.clone(), msg).at(doc.position(&full)));
+            None
+        }
+    }
+}
+
+fn load_file(file: &Path, text: &str, raw: &mut RawCatalog, d: &mut Diagnostics) {
+    let doc = match doc::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            d.push(Diagnostic::new(file, "", e.message).at(Some((e.line, e.col))));
+            return;
+        }
+    };
+    let top = match &doc.value {
+        Value::Object(o) => o.clone(),
+        Value::Null => return,
+        _ => {
+            d.push(Diagnostic::new(file, "", format!("expected a map with keys {}", KEYS.join(", "))).at(Some((1, 1))));
+            return;
+        }
+    };
+    for (key, value) in &top {
+        let origin = |path: String| Origin { file: file.to_path_buf(), pos: doc.position(&path), path };
+        match key.as_str() {
+            "accountAliases" | "accountSchedules" => {
+                let Value::Object(map) = value else {
+                    d.push(Diagnostic::new(file, key.clone(), "expected a map from account id to a list").at(doc.position(key)));
+                    continue;
+                };
+                for (acc, list) in map {
+                    let Value::Array(items) = list else {
+                        let p = format!("{key}.{acc}");
+                        d.push(Diagnostic::new(file, p.clone(), "expected a list").at(doc.position(&p)));
+                        continue;
+                    };
+                    for (i, item) in items.iter().enumerate() {
+                        let p = format!("{key}.{acc}[{i}]");
+                        if key == "accountAliases" {
+                            if let Some(a) = de(&doc, file, &p, item, d) {
+                                raw.aliases.push((origin(p), acc.clone(), a));
+                            }
+                        } else if let Some(s) = de(&doc, file, &p, item, d) {
+                            raw.schedules.push((origin(p), acc.clone(), s));
+                        }
+                    }
+                }
+            }
+            k if KEYS.contains(&k) => {
+                let Value::Array(items) = value else {
+                    d.push(Diagnostic::new(file, key.clone(), "expected a list").at(doc.position(key)));
+                    continue;
+                };
+                for (i, item) in items.iter().enumerate() {
+                    let p = format!("{key}[{i}]");
+                    macro_rules! put {
+                        ($field:ident) => {
+                            if let Some(x) = de(&doc, file, &p, item, d) {
+                                raw.$field.push((origin(p.clone()), x));
+                            }
+                        };
+                    }
+                    match k {
+                        "eventSchemas" => put!(event_schemas),
+                        "usageMeters" => put!(meters),
+                        "addOns" => put!(addons),
+                        "features" => put!(features),
+                        "pricePlans" => put!(plans),
+                        "customers" => put!(customers),
+                        "accounts" => put!(accounts),
+                        _ => unreachable!(),
+                    }
+                }
+            }
+            other => d.push(
+                Diagnostic::new(file, other, format!("unknown key `{other}`, expected one of {}", KEYS.join(", ")))
+                    .at(doc.position(other)),
+            ),
+        }
+    }
+}
+
+fn parse_instant(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f") {
+        return Some(t.and_utc());
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+}
+
+fn config_decimal(o: &Origin, sub: &str, map: &Option<BTreeMap<String, Value>>, key: &str, allowed: &[&str], d: &mut Diagnostics) -> Option<Decimal> {
+    let map = map.as_ref()?;
+    for k in map.keys() {
+        if !allowed.contains(&k.as_str()) {
+            d.push(o.diag(sub, format!("unknown key `{k}`, expected one of {}", allowed.join(", "))));
+        }
+    }
+    let v = map.get(key)?;
+    let text = doc::number_text(v).or_else(|| v.as_str().map(str::to_string));
+    match text.as_deref().and_then(doc::parse_decimal) {
+        Some(x) => Some(x),
+        None => {
+            d.push(o.diag(&format!("{sub}.{key}"), format!("expected a decimal number, found {v}")));
+            None
+        }
+    }
+}
+
+fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog {
+    let mut cat = Catalog::default();
+
+    for (o, s) in raw.event_schemas {
+        if s.enrichments.as_ref().is_some_and(|e| !e.is_null()) {
+            d.push(o.diag("enrichments", "event schema enrichments are not supported yet"));
+        }
+        if s.event_id_template.is_some() {
+            d.push(o.diag("eventIdTemplate", "eventIdTemplate is not supported yet: events must carry an id"));
+        }
+        let schema = EventSchema {
+            name: s.name.clone(),
+            attributes: s.attributes.iter().map(|a| a.name.clone()).collect(),
+            dimensions: s.dimensions.iter().map(|a| a.name.clone()).collect(),
+        };
+        if let Some(n) = schema.attributes.intersection(&schema.dimensions).next() {
+            d.push(o.diag("", format!("`{n}` is both an attribute and a dimension")));
+        }
+        if cat.event_schemas.insert(s.name.clone(), schema).is_some() {
+            d.push(o.diag("name", format!("duplicate event schema `{}`", s.name)));
+        }
+    }
+
+    for (o, m) in raw.meters {
+        let Some(schema) = cat.event_schemas.get(&m.event_schema_name) else {
+            d.push(o.diag("eventSchemaName", format!("unknown event schema `{}`", m.event_schema_name)));
+            continue;
+        };
+        let aggregation = match m.aggregation.as_str() {
+            "COUNT" => Aggregation::Count,
+            "SUM" => Aggregation::Sum,
+            "MAX" | "MIN" | "AVERAGE" | "UNIQUE_COUNT" | "LATEST" => {
+                d.push(o.diag("aggregation", format!("aggregation {} is not supported yet (COUNT, SUM)", m.aggregation)));
+                continue;
+            }
+            other => {
+                d.push(o.diag("aggregation", format!("unknown aggregation `{other}`, expected COUNT or SUM")));
+                continue;
+            }
+        };
+        if let Some(k) = &m.kind {
+            if k != "COUNTER" {
+                d.push(o.diag("type", format!("unknown meter type `{k}`, expected COUNTER")));
+            }
+        }
+        let mut filters = Vec::new();
+        for (i, f) in m.filters.iter().enumerate() {
+            let sub = format!("filters[{i}]");
+            let value = doc::number_text(&f.value).or_else(|| f.value.as_str().map(str::to_string));
+            let Some(value) = value else {
+                d.push(o.diag(&format!("{sub}.value"), "expected a string or a number"));
+                continue;
+            };
+            let (is_dim, name) = if let Some(n) = f.field.strip_prefix("dimensions.").or(f.field.strip_prefix("dimension.")) {
+                (Some(true), n)
+            } else if let Some(n) = f.field.strip_prefix("attributes.").or(f.field.strip_prefix("attribute.")) {
+                (Some(false), n)
+            } else {
+                (None, f.field.as_str())
+            };
+            let dim = schema.dimensions.contains(name) && is_dim != Some(false);
+            let attr = schema.attributes.contains(name) && is_dim != Some(true);
+            if dim {
+                filters.push(FilterField::Dimension(name.to_string(), value));
+            } else if attr {
+                match doc::parse_decimal(&value) {
+                    Some(v) => filters.push(FilterField::Attribute(name.to_string(), v)),
+                    None => d.push(o.diag(&format!("{sub}.value"), format!("attribute `{name}` is numeric; `{value}` is not a number"))),
+                }
+            } else {
+                d.push(o.diag(&format!("{sub}.field"), format!("`{}` is neither a dimension nor an attribute of event schema `{}`", f.field, schema.name)));
+            }
+        }
+        let mut comps = Vec::new();
+        for (i, c) in m.computations.iter().enumerate() {
+            let sub = format!("computations[{i}]");
+            let matcher = match &c.matcher {
+                None | Some(Value::Null) => None,
+                Some(v) => match jsonlogic::parse_rule(v, schema).and_then(|a| jsonlogic::kind(&a).map(|_| a)) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        d.push(o.diag(&format!("{sub}.matcher"), e));
+                        continue;
+                    }
+                },
+            };
+            let computation = match jsonlogic::parse_rule(&c.computation, schema) {
+                Ok(a) => match jsonlogic::kind(&a) {
+                    Ok(Kind::Num) | Ok(Kind::Null) => a,
+                    Ok(k) => {
+                        d.push(o.diag(&format!("{sub}.computation"), format!("a computation must give a number, this one gives {k:?}")));
+                        continue;
+                    }
+                    Err(e) => {
+                        d.push(o.diag(&format!("{sub}.computation"), e));
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    d.push(o.diag(&format!("{sub}.computation"), e));
+                    continue;
+                }
+            };
+            comps.push(Computation { order: c.order, matcher, computation });
+        }
+        comps.sort_by_key(|c| c.order);
+        if aggregation == Aggregation::Sum && comps.is_empty() {
+            d.push(o.diag("computations", "a SUM meter needs a computation (e.g. {\"var\": \"attribute.x\"})"));
+        }
+        let display_name = m.billable_name.clone().or(m.display_name.clone()).unwrap_or_else(|| m.name.clone());
+        let meter = Meter { id: m.id.clone(), name: m.name, display_name, aggregation, schema: m.event_schema_name, filters, computations: comps };
+        if cat.meters.insert(m.id.clone(), meter).is_some() {
+            d.push(o.diag("id", format!("duplicate usage meter id `{}`", m.id)));
+        }
+    }
+
+    for (o, a) in raw.addons {
+        if !matches!(a.kind.as_str(), "FIXED_FEE" | "LICENSE" | "NAMED_LICENSE" | "CREDIT_GRANT") {
+            d.push(o.diag("type", format!("unknown add-on type `{}`, expected FIXED_FEE, LICENSE, NAMED_LICENSE or CREDIT_GRANT", a.kind)));
+        }
+        let display_name = a.billable_name.clone().or(a.display_name.clone()).unwrap_or_else(|| a.name.clone());
+        if cat.addons.insert(a.id.clone(), AddOn { id: a.id.clone(), display_name, kind: a.kind }).is_some() {
+            d.push(o.diag("id", format!("duplicate add-on id `{}`", a.id)));
+        }
+    }
+    let _features: Vec<_> = raw.features; // accepted (entitlements arrive with the rating-engine work)
+
+    for (o, p) in raw.plans {
+        if let Some(plan) = validate_plan(&o, p, &cat, d) {
+            if cat.plans.insert(plan.id.clone(), plan.clone()).is_some() {
+                d.push(o.diag("id", format!("duplicate price plan id `{}`", plan.id)));
+            }
+        }
+    }
+
+    for (o, c) in raw.customers {
+        let customer = Customer {
+            id: c.id.clone(),
+            name: c.name,
+            email: c.primary_email,
+            billing_address: c.billing_address,
+            address: address_map(c.address),
+        };
+        if cat.customers.insert(c.id.clone(), customer).is_some() {
+            d.push(o.diag("id", format!("duplicate customer id `{}`", c.id)));
+        }
+    }
+
+    let mut all_aliases: BTreeMap<String, Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>, String, Origin)>> = BTreeMap::new();
+    for (o, a) in raw.accounts {
+        if !cat.customers.contains_key(&a.customer_id) {
+            d.push(o.diag("customerId", format!("unknown customer `{}`", a.customer_id)));
+        }
+        let currency = match &a.invoice_currency {
+            None => ctx.base_currency.clone(),
+            Some(c) => Currency::new(c).unwrap_or_else(|| {
+                d.push(o.diag("invoiceCurrency", format!("`{c}` is not an ISO 4217 currency code")));
+                ctx.base_currency.clone()
+            }),
+        };
+        let aliases: Vec<Alias> = a
+            .aliases
+            .into_iter()
+            .map(|x| Alias { value: match x { RawAccountAlias::Plain(s) => s, RawAccountAlias::Object(o) => o.alias }, from: None, until: None })
+            .collect();
+        for al in &aliases {
+            all_aliases.entry(al.value.clone()).or_default().push((None, None, a.id.clone(), o.clone()));
+        }
+        let account = Account {
+            id: a.id.clone(),
+            name: a.name,
+            customer_id: a.customer_id,
+            currency,
+            net_term_days: a.net_term_days,
+            email: a.primary_email,
+            address: address_map(a.address),
+            aliases,
+            schedules: Vec::new(),
+        };
+        if cat.accounts.insert(a.id.clone(), account).is_some() {
+            d.push(o.diag("id", format!("duplicate account id `{}`", a.id)));
+        }
+    }
+    for (o, acc, a) in raw.aliases {
+        let from = a.effective_from.as_deref().map(|s| (s, parse_instant(s)));
+        let until = a.effective_until.as_deref().map(|s| (s, parse_instant(s)));
+        let mut ok = true;
+        for (k, v) in [("effectiveFrom", &from), ("effectiveUntil", &until)] {
+            if let Some((s, None)) = v {
+                d.push(o.diag(k, format!("`{s}` is not a date-time (expected RFC 3339, e.g. 2026-10-01T00:00:00Z)")));
+                ok = false;
+            }
+        }
+        let (from, until) = (from.and_then(|x| x.1), until.and_then(|x| x.1));
+        if let (Some(f), Some(u)) = (from, until) {
+            if f >= u {
+                d.push(o.diag("effectiveUntil", "effectiveUntil must be after effectiveFrom"));
+                ok = false;
+            }
+        }
+        match cat.accounts.get_mut(&acc) {
+            None => d.push(o.diag("", format!("unknown account `{acc}`"))),
+            Some(account) if ok => {
+                account.aliases.push(Alias { value: a.value.clone(), from, until });
+                all_aliases.entry(a.value.clone()).or_default().push((from, until, acc.clone(), o.clone()));
+            }
+            Some(_) => {}
+        }
+    }
+    for (alias, windows) in &all_aliases {
+        if cat.accounts.contains_key(alias) {
+            let o = &windows[0].3;
+            d.push(o.diag("", format!("alias `{alias}` is also an account id")));
+        }
+        for (i, a) in windows.iter().enumerate() {
+            for b in &windows[i + 1..] {
+                let overlap = a.0.max(b.0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+                    < match (a.1, b.1) {
+                        (Some(x), Some(y)) => x.min(y),
+                        (Some(x), None) | (None, Some(x)) => x,
+                        (None, None) => DateTime::<Utc>::MAX_UTC,
+                    };
+                if overlap {
+                    d.push(b.3.diag("", format!("alias `{alias}` overlaps another alias window (accounts `{}` and `{}`)", a.2, b.2)));
+                }
+            }
+        }
+    }
+    for (o, acc, s) in raw.schedules {
+        let start = parse_instant(&s.start_date);
+        let end = s.end_date.as_deref().map(|e| (e, parse_instant(e)));
+        if start.is_none() {
+            d.push(o.diag("startDate", format!("`{}` is not a date-time", s.start_date)));
+        }
+        if let Some((e, None)) = end {
+            d.push(o.diag("endDate", format!("`{e}` is not a date-time")));
+        }
+        if s.price_plan_details.is_some() || s.pricing_rules.as_ref().is_some_and(|r| !r.is_empty()) {
+            d.push(o.diag("pricePlanDetails", "per-account overrides (pricePlanDetails / pricingRules on a schedule) are not supported yet"));
+        }
+        if !cat.plans.contains_key(&s.price_plan_id) {
+            d.push(o.diag("pricePlanId", format!("unknown price plan `{}`", s.price_plan_id)));
+        }
+        let (Some(start), end) = (start, end.and_then(|e| e.1)) else { continue };
+        let tz = ctx.time_zone;
+        let start_d = crate::cycles::local_date(tz, start);
+        let end_d = end.map(|e| crate::cycles::local_date(tz, e));
+        if end_d.is_some_and(|e| e <= start_d) {
+            d.push(o.diag("endDate", "endDate must be after startDate"));
+            continue;
+        }
+        let Some(account) = cat.accounts.get_mut(&acc) else {
+            d.push(o.diag("", format!("unknown account `{acc}`")));
+            continue;
+        };
+        if let Some(plan) = cat.plans.get(&s.price_plan_id) {
+            if !plan.currencies.contains(&account.currency.code) {
+                d.push(o.diag("pricePlanId", format!("price plan `{}` does not support the account's invoice currency {}", plan.id, account.currency.code)));
+            }
+        }
+        let n = account.schedules.len();
+        account.schedules.push(Schedule {
+            id: s.id.unwrap_or_else(|| format!("sch.{acc}.{n}")),
+            plan_id: s.price_plan_id,
+            start: start_d,
+            end: end_d,
+        });
+        account.schedules.sort_by_key(|s| s.start);
+        for w in account.schedules.windows(2) {
+            if w[0].end.is_none_or(|e| e > w[1].start) {
+                d.push(o.diag("", format!("schedules of account `{acc}` overlap ({} and {})", w[0].id, w[1].id)));
+            }
+        }
+    }
+    cat
+}
+
+fn address_map(a: Option<RawAddress>) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    if let Some(a) = a {
+        for (k, v) in [
+            ("phoneNumber", a.phone_number),
+            ("line1", a.line1),
+            ("line2", a.line2),
+            ("postalCode", a.postal_code),
+            ("city", a.city),
+            ("state", a.state),
+            ("country", a.country),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.to_string(), v);
+            }
+        }
+    }
+    m
+}
+
+fn validate_cycle(o: &Origin, sub: &str, c: &RawPricingCycleConfig, d: &mut Diagnostics) -> Option<CycleConfig> {
+    let Some(interval) = Interval::parse(&c.interval) else {
+        d.push(o.diag(&format!("{sub}.interval"), format!("unknown interval `{}`, expected WEEKLY, MONTHLY, QUARTERLY, HALF_YEARLY or ANNUALLY", c.interval)));
+        return None;
+    };
+    if c.anniversary_cycle == Some(true) {
+        d.push(o.diag(&format!("{sub}.anniversaryCycle"), "anniversary cycles are not supported yet"));
+        return None;
+    }
+    let text = |v: &Value| doc::number_text(v).or_else(|| v.as_str().map(str::to_string));
+    let (day, month) = match &c.start_offset {
+        None => ("1".to_string(), None),
+        Some(s) => (text(&s.day_offset).unwrap_or_default(), s.month_offset.as_ref().and_then(text)),
+    };
+    match parse_offsets(interval, &day, month.as_deref()) {
+        Ok((day, month)) => Some(CycleConfig { interval, day, month, grace_days: c.grace_period }),
+        Err(e) => {
+            d.push(o.diag(&format!("{sub}.startOffset"), e));
+            None
+        }
+    }
+}
+
+fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics) -> Option<PricePlan> {
+    if let Some(k) = &p.kind {
+        if k == "PURCHASE" {
+            d.push(o.diag("type", "PURCHASE price plans are not supported yet"));
+        } else if k != "BILLING" {
+            d.push(o.diag("type", format!("unknown price plan type `{k}`, expected BILLING or PURCHASE")));
+        }
+    }
+    if p.pricing_rules.as_ref().is_some_and(|r| !r.is_empty()) {
+        d.push(o.diag("pricingRules", "pricing rules are not supported yet"));
+    }
+    if p.pricing_schedule.is_some() {
+        d.push(o.diag("pricingSchedule", "plan versions (pricingSchedule) are not supported yet: give pricePlanDetails or rateCards"));
+        return None;
+    }
+    let mut usage = Vec::new();
+    let mut fixed = Vec::new();
+    let (cycle_raw, currencies, cycle_sub) = match (&p.rate_cards, &p.price_plan_details) {
+        (Some(cards), None) => {
+            for (i, c) in cards.iter().enumerate() {
+                let sub = format!("rateCards[{i}]");
+                let det = &c.rate_card_details;
+                let unsupported = [
+                    ("licenseRateCard", det.license_rate_card.is_some()),
+                    ("billingEntitlementRateCard", det.billing_entitlement_rate_card.is_some()),
+                    ("entitlementOverageRateCard", det.entitlement_overage_rate_card.is_some()),
+                    ("creditGrantRateCard", det.credit_grant_rate_card.is_some()),
+                    ("minimumCommitmentRateCard", det.minimum_commitment_rate_card.is_some()),
+                ];
+                for (name, present) in unsupported {
+                    if present {
+                        d.push(o.diag(&format!("{sub}.rateCardDetails.{name}"), format!("{name} rate cards are not supported yet")));
+                    }
+                }
+                let present = [det.usage_rate_card.is_some(), det.fixed_fee_rate_card.is_some()].iter().filter(|x| **x).count()
+                    + unsupported.iter().filter(|x| x.1).count();
+                if present != 1 {
+                    d.push(o.diag(&format!("{sub}.rateCardDetails"), "exactly one rate card detail is required"));
+                    continue;
+                }
+                match (c.kind.as_str(), &det.usage_rate_card, &det.fixed_fee_rate_card) {
+                    ("USAGE", Some(u), _) => usage.push((format!("{sub}.rateCardDetails.usageRateCard"), c.display_name.clone().or(c.name.clone()), c.tag.clone(), u)),
+                    ("FIXED_FEE", _, Some(f)) => fixed.push((format!("{sub}.rateCardDetails.fixedFeeRateCard"), c.display_name.clone().or(c.name.clone()), c.tag.clone(), f)),
+                    ("USAGE" | "FIXED_FEE", _, _) => d.push(o.diag(&format!("{sub}.type"), format!("type {} does not match its rateCardDetails", c.kind))),
+                    ("LICENSE" | "BILLING_ENTITLEMENT" | "ENTITLEMENT_OVERAGE" | "CREDIT_GRANT" | "MINIMUM_COMMITMENT", _, _) => {}
+                    (other, _, _) => d.push(o.diag(&format!("{sub}.type"), format!("unknown rate card type `{other}`"))),
+                }
+            }
+            (p.pricing_cycle_config.clone(), p.supported_currencies.clone().unwrap_or_default(), "pricingCycleConfig".to_string())
+        }
+        (None, Some(det)) => {
+            for (name, n) in [
+                ("licenseRateCards", det.license_rate_cards.len()),
+                ("billingEntitlementRateCards", det.billing_entitlement_rate_cards.len()),
+                ("entitlementOverageRateCards", det.entitlement_overage_rate_cards.len()),
+                ("creditGrantRateCards", det.credit_grant_rate_cards.len()),
+                ("minimumCommitment", det.minimum_commitment.iter().filter(|v| !v.is_null()).count()),
+            ] {
+                if n > 0 {
+                    d.push(o.diag(&format!("pricePlanDetails.{name}"), format!("{name} are not supported yet")));
+                }
+            }
+            for (i, u) in det.usage_rate_cards.iter().enumerate() {
+                usage.push((format!("pricePlanDetails.usageRateCards[{i}]"), None, None, u));
+            }
+            for (i, f) in det.fixed_fee_rate_cards.iter().enumerate() {
+                fixed.push((format!("pricePlanDetails.fixedFeeRateCards[{i}]"), None, None, f));
+            }
+            (det.pricing_cycle_config.clone(), det.supported_currencies.clone(), "pricePlanDetails.pricingCycleConfig".to_string())
+        }
+        (Some(_), Some(_)) => {
+            d.push(o.diag("", "give either rateCards (v2) or pricePlanDetails (v1), not both"));
+            return None;
+        }
+        (None, None) => {
+            d.push(o.diag("", "a price plan needs rateCards (v2) or pricePlanDetails (v1)"));
+            return None;
+        }
+    };
+    let Some(cycle_raw) = cycle_raw else {
+        d.push(o.diag(&cycle_sub, "pricingCycleConfig is required"));
+        return None;
+    };
+    let cycle = validate_cycle(o, &cycle_sub, &cycle_raw, d);
+    if currencies.is_empty() {
+        d.push(o.diag("supportedCurrencies", "at least one supported currency is required"));
+    }
+    for c in &currencies {
+        if Currency::new(c).is_none() {
+            d.push(o.diag("supportedCurrencies", format!("`{c}` is not an ISO 4217 currency code")));
+        }
+    }
+    let mut usage_cards = Vec::new();
+    for (sub, name, tag, u) in usage {
+        if let Some(card) = validate_usage_card(o, &sub, name, tag, u, &currencies, cat, d) {
+            usage_cards.push(card);
+        }
+    }
+    let mut fixed_fee_cards = Vec::new();
+    for (sub, name, tag, f) in fixed {
+        let Some(addon) = cat.addons.get(&f.id) else {
+            d.push(o.diag(&format!("{sub}.id"), format!("unknown add-on `{}`", f.id)));
+            continue;
+        };
+        if addon.kind != "FIXED_FEE" {
+            d.push(o.diag(&format!("{sub}.id"), format!("add-on `{}` is a {}, not a FIXED_FEE", f.id, addon.kind)));
+        }
+        if let Some(t) = f.invoice_timing.as_deref().filter(|t| *t != "IN_ARREARS") {
+            d.push(o.diag(&format!("{sub}.invoiceTiming"), format!("{t} fixed fees are not supported yet (IN_ARREARS)")));
+        }
+        if let Some(t) = f.kind.as_deref().filter(|t| *t != "RECURRING") {
+            d.push(o.diag(&format!("{sub}.type"), format!("{t} fixed fees are not supported yet (RECURRING)")));
+        }
+        if f.enable_proration {
+            d.push(o.diag(&format!("{sub}.enableProration"), "proration is not supported yet"));
+        }
+        if let Some(r) = &f.recurrence_config {
+            if r.interval.unwrap_or(1) != 1 || r.offset.unwrap_or(0) != 0 {
+                d.push(o.diag(&format!("{sub}.recurrenceConfig"), "recurrenceConfig other than every cycle is not supported yet"));
+            }
+        }
+        let rates = rate_map(o, &sub, f.rate_values.iter().map(|r| (r.currency.clone(), r.rate.0)), &currencies, d);
+        fixed_fee_cards.push(FixedFeeCard {
+            display_name: name.or(f.display_name.clone()).or(f.name.clone()).unwrap_or_else(|| addon.display_name.clone()),
+            addon_id: f.id.clone(),
+            tag: tag.or(f.tag.clone()),
+            rates,
+        });
+    }
+    Some(PricePlan { id: p.id, name: p.name, cycle: cycle?, currencies, usage_cards, fixed_fee_cards })
+}
+
+fn rate_map(o: &Origin, sub: &str, values: impl Iterator<Item = (String, Decimal)>, currencies: &[String], d: &mut Diagnostics) -> BTreeMap<String, Decimal> {
+    let mut m = BTreeMap::new();
+    for (c, r) in values {
+        if m.insert(c.clone(), r).is_some() {
+            d.push(o.diag(&format!("{sub}.rateValues"), format!("currency {c} appears twice")));
+        }
+    }
+    for c in currencies {
+        if !m.contains_key(c) {
+            d.push(o.diag(&format!("{sub}.rateValues"), format!("no rate for supported currency {c}")));
+        }
+    }
+    m
+}
+
+#[allow(clippy::too_many_arguments)]
+fn validate_usage_card(o: &Origin, sub: &str, name: Option<String>, tag: Option<String>, u: &RawUsageRateCard, currencies: &[String], cat: &Catalog, d: &mut Diagnostics) -> Option<UsageCard> {
+    let Some(meter) = cat.meters.get(&u.usage_meter_id) else {
+        d.push(o.diag(&format!("{sub}.usageMeterId"), format!("unknown usage meter `{}`", u.usage_meter_id)));
+        return None;
+    };
+    let model = match u.rate_plan.pricing_model.as_str() {
+        "TIERED" => PricingModel::Tiered,
+        "VOLUME" => PricingModel::Volume,
+        other => {
+            d.push(o.diag(&format!("{sub}.ratePlan.pricingModel"), format!("unknown pricing model `{other}`, expected TIERED or VOLUME")));
+            return None;
+        }
+    };
+    if u.rate_plan.slabs.is_empty() {
+        d.push(o.diag(&format!("{sub}.ratePlan.slabs"), "at least one slab is required"));
+        return None;
+    }
+    let mut slabs = Vec::new();
+    let mut ok = true;
+    for (i, s) in u.rate_plan.slabs.iter().enumerate() {
+        let ssub = format!("{sub}.ratePlan.slabs[{i}]");
+        let price_type = match s.price_type.as_str() {
+            "FLAT" => PriceType::Flat,
+            "PER_UNIT" => PriceType::PerUnit,
+            "PACKAGE" => PriceType::Package,
+            other => {
+                d.push(o.diag(&format!("{ssub}.priceType"), format!("unknown price type `{other}`, expected FLAT, PER_UNIT or PACKAGE")));
+                ok = false;
+                continue;
+            }
+        };
+        let package_size = config_decimal(o, &format!("{ssub}.slabConfig"), &s.slab_config, "packageSize", &["packageSize"], d);
+        if price_type == PriceType::Package && package_size.is_none_or(|p| p <= Decimal::ZERO) {
+            d.push(o.diag(&format!("{ssub}.slabConfig.packageSize"), "a PACKAGE slab needs a positive packageSize"));
+            ok = false;
+        }
+        if s.start_after.0 < Decimal::ZERO {
+            d.push(o.diag(&format!("{ssub}.startAfter"), "startAfter must not be negative"));
+            ok = false;
+        }
+        slabs.push(Slab { order: s.order, start_after: s.start_after.0, price_type, package_size });
+    }
+    let orders: BTreeSet<u32> = slabs.iter().map(|s| s.order).collect();
+    if orders.len() != slabs.len() {
+        d.push(o.diag(&format!("{sub}.ratePlan.slabs"), "slab orders must be unique"));
+        ok = false;
+    }
+    slabs.sort_by(|a, b| a.start_after.cmp(&b.start_after).then(a.order.cmp(&b.order)));
+    if slabs.windows(2).any(|w| w[0].start_after == w[1].start_after) {
+        d.push(o.diag(&format!("{sub}.ratePlan.slabs"), "two slabs have the same startAfter"));
+        ok = false;
+    }
+    let mut rates = BTreeMap::new();
+    for (i, rv) in u.rate_values.iter().enumerate() {
+        let rsub = format!("{sub}.rateValues[{i}]");
+        let clamp = Clamp {
+            min: config_decimal(o, &format!("{rsub}.rateConfig"), &rv.rate_config, "minimumRate", &["minimumRate", "maximumRate"], d),
+            max: config_decimal(o, &format!("{rsub}.rateConfig"), &rv.rate_config, "maximumRate", &["minimumRate", "maximumRate"], d),
+        };
+        let mut by_order = BTreeMap::new();
+        for (j, sr) in rv.slab_rates.iter().enumerate() {
+            let ssub = format!("{rsub}.slabRates[{j}].slabRateConfig");
+            let c = Clamp {
+                min: config_decimal(o, &ssub, &sr.slab_rate_config, "minimumRate", &["minimumRate", "maximumRate"], d),
+                max: config_decimal(o, &ssub, &sr.slab_rate_config, "maximumRate", &["minimumRate", "maximumRate"], d),
+            };
+            if by_order.insert(sr.order, SlabRate { rate: sr.rate.0, clamp: c }).is_some() {
+                d.push(o.diag(&format!("{rsub}.slabRates[{j}].order"), format!("slab order {} appears twice", sr.order)));
+            }
+        }
+        let mut aligned = Vec::new();
+        for s in &slabs {
+            match by_order.remove(&s.order) {
+                Some(r) => aligned.push(r),
+                None => {
+                    d.push(o.diag(&format!("{rsub}.slabRates"), format!("no rate for slab order {}", s.order)));
+                    ok = false;
+                }
+            }
+        }
+        for extra in by_order.keys() {
+            d.push(o.diag(&format!("{rsub}.slabRates"), format!("rate for slab order {extra}, which the rate plan does not have")));
+        }
+        if rates.insert(rv.currency.clone(), CardRates { slabs: aligned, clamp }).is_some() {
+            d.push(o.diag(&format!("{rsub}.currency"), format!("currency {} appears twice", rv.currency)));
+        }
+    }
+    for c in currencies {
+        if !rates.contains_key(c) {
+            d.push(o.diag(&format!("{sub}.rateValues"), format!("no rates for supported currency {c}")));
+        }
+    }
+    if !ok {
+        return None;
+    }
+    Some(UsageCard {
+        display_name: name.or(u.display_name.clone()).or(u.name.clone()).unwrap_or_else(|| meter.display_name.clone()),
+        meter_id: meter.id.clone(),
+        tag: tag.or(u.tag.clone()),
+        model,
+        slabs,
+        rates,
+    })
+}

@@ -1,0 +1,493 @@
+//! Togai API object shapes as they appear in catalog files (field names and enums of Togai's
+//! public API). Unknown fields are errors. Only loading happens here; meaning is in `mod.rs`.
+
+use std::collections::BTreeMap;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::doc::Dec;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawEventSchema {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub attributes: Vec<RawAttribute>,
+    #[serde(default)]
+    pub dimensions: Vec<RawDimension>,
+    #[serde(default)]
+    pub enrichments: Option<Value>,
+    #[serde(default)]
+    pub filter_fields: Option<Vec<String>>,
+    #[serde(default)]
+    pub event_id_template: Option<String>,
+    #[serde(default)]
+    pub event_level_revenue: Option<bool>,
+    #[serde(default)]
+    pub feature_details: Option<Value>,
+    #[serde(default)]
+    pub usage_meters_count: Option<IgnoredAny>,
+    #[serde(default)]
+    pub created_at: Option<IgnoredAny>,
+    #[serde(default)]
+    pub updated_at: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAttribute {
+    pub name: String,
+    #[serde(default)]
+    pub default_unit: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawDimension {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawUsageMeter {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub billable_name: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub aggregation: String,
+    pub event_schema_name: String,
+    #[serde(default)]
+    pub filters: Vec<RawFilter>,
+    #[serde(default)]
+    pub computations: Vec<RawComputation>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<IgnoredAny>,
+    #[serde(default)]
+    pub last_activated_at: Option<IgnoredAny>,
+    #[serde(default)]
+    pub updated_at: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilter {
+    pub field: String,
+    pub value: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawComputation {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub matcher: Option<Value>,
+    pub computation: Value,
+    pub order: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAddOn {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub billable_name: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<IgnoredAny>,
+    #[serde(default)]
+    pub updated_at: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFeature {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub billable_name: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub schema_associations: Option<Value>,
+    #[serde(default)]
+    pub created_at: Option<IgnoredAny>,
+    #[serde(default)]
+    pub updated_at: Option<IgnoredAny>,
+}
+
+/// A price plan in any of Togai's shapes: v2 (`rateCards`), v1 create (`pricePlanDetails`) or
+/// v1 export (`pricingSchedule`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPricePlan {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub reference_id: Option<String>,
+    // v2
+    #[serde(default)]
+    pub pricing_cycle_config: Option<RawPricingCycleConfig>,
+    #[serde(default)]
+    pub supported_currencies: Option<Vec<String>>,
+    #[serde(default)]
+    pub rate_cards: Option<Vec<RawRateCard>>,
+    #[serde(default)]
+    pub pricing_rules: Option<Vec<Value>>,
+    #[serde(default)]
+    pub deferred_revenue: Option<bool>,
+    #[serde(default)]
+    pub allow_ongoing_cycle_updates: Option<bool>,
+    // v1
+    #[serde(default)]
+    pub price_plan_details: Option<RawPricePlanDetails>,
+    #[serde(default)]
+    pub pricing_schedule: Option<Vec<Value>>,
+    #[serde(default)]
+    pub created_at: Option<IgnoredAny>,
+    #[serde(default)]
+    pub updated_at: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPricePlanDetails {
+    #[serde(default)]
+    pub supported_currencies: Vec<String>,
+    #[serde(default)]
+    pub active_currencies: Option<Vec<String>>,
+    #[serde(default)]
+    pub pricing_cycle_config: Option<RawPricingCycleConfig>,
+    #[serde(default)]
+    pub usage_rate_cards: Vec<RawUsageRateCard>,
+    #[serde(default)]
+    pub fixed_fee_rate_cards: Vec<RawFixedFeeRateCard>,
+    #[serde(default)]
+    pub license_rate_cards: Vec<Value>,
+    #[serde(default)]
+    pub billing_entitlement_rate_cards: Vec<Value>,
+    #[serde(default)]
+    pub entitlement_overage_rate_cards: Vec<Value>,
+    #[serde(default)]
+    pub minimum_commitment: Option<Value>,
+    #[serde(default)]
+    pub credit_grant_rate_cards: Vec<Value>,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub deferred_revenue: Option<bool>,
+    #[serde(default)]
+    pub allow_ongoing_cycle_updates: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPricingCycleConfig {
+    pub interval: String,
+    #[serde(default)]
+    pub start_offset: Option<RawStartOffset>,
+    pub grace_period: u32,
+    #[serde(default)]
+    pub anniversary_cycle: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawStartOffset {
+    pub day_offset: Value,
+    #[serde(default)]
+    pub month_offset: Option<Value>,
+}
+
+/// A v2 rate card: `{type, displayName, rateCardDetails: {usageRateCard | fixedFeeRateCard | …}}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRateCard {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub billable_id: Option<String>,
+    #[serde(default)]
+    pub invoice_timing: Option<String>,
+    #[serde(default)]
+    pub reference_id: Option<String>,
+    #[serde(default)]
+    pub reference_type: Option<String>,
+    #[serde(default)]
+    pub currencies: Option<Vec<String>>,
+    #[serde(default)]
+    pub price_plan_id: Option<String>,
+    #[serde(default)]
+    pub account_id: Option<String>,
+    pub rate_card_details: RawRateCardDetails,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRateCardDetails {
+    #[serde(default)]
+    pub usage_rate_card: Option<RawUsageRateCard>,
+    #[serde(default)]
+    pub fixed_fee_rate_card: Option<RawFixedFeeRateCard>,
+    #[serde(default)]
+    pub license_rate_card: Option<Value>,
+    #[serde(default)]
+    pub billing_entitlement_rate_card: Option<Value>,
+    #[serde(default)]
+    pub entitlement_overage_rate_card: Option<Value>,
+    #[serde(default)]
+    pub credit_grant_rate_card: Option<Value>,
+    #[serde(default)]
+    pub minimum_commitment_rate_card: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawUsageRateCard {
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    pub usage_meter_id: String,
+    pub rate_plan: RawRatePlan,
+    pub rate_values: Vec<RawRateValue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRatePlan {
+    pub pricing_model: String,
+    pub slabs: Vec<RawSlab>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSlab {
+    pub order: u32,
+    pub start_after: Dec,
+    pub price_type: String,
+    #[serde(default)]
+    pub slab_config: Option<BTreeMap<String, Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRateValue {
+    pub currency: String,
+    pub slab_rates: Vec<RawSlabRate>,
+    #[serde(default)]
+    pub rate_config: Option<BTreeMap<String, Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSlabRate {
+    pub order: u32,
+    pub rate: Dec,
+    #[serde(default)]
+    pub slab_rate_config: Option<BTreeMap<String, Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFixedFeeRateCard {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub invoice_timing: Option<String>,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub rate_values: Vec<RawCurrencyRateValue>,
+    #[serde(default)]
+    pub enable_proration: bool,
+    #[serde(default)]
+    pub recurrence_config: Option<RawRecurrenceConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCurrencyRateValue {
+    pub currency: String,
+    pub rate: Dec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRecurrenceConfig {
+    #[serde(default)]
+    pub interval: Option<i64>,
+    #[serde(default)]
+    pub offset: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAddress {
+    #[serde(default)]
+    pub phone_number: Option<String>,
+    #[serde(default)]
+    pub line1: Option<String>,
+    #[serde(default)]
+    pub line2: Option<String>,
+    #[serde(default)]
+    pub postal_code: Option<String>,
+    #[serde(default)]
+    pub city: Option<String>,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub country: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCustomer {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub primary_email: Option<String>,
+    #[serde(default)]
+    pub billing_address: Option<String>,
+    #[serde(default)]
+    pub address: Option<RawAddress>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub togai_customer_id: Option<IgnoredAny>,
+    #[serde(default)]
+    pub created_at: Option<IgnoredAny>,
+    #[serde(default)]
+    pub updated_at: Option<IgnoredAny>,
+}
+
+/// An alias in the account object: a bare string (create form) or `{alias}` (read form).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawAccountAlias {
+    Plain(String),
+    Object(RawAccountAliasObject),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccountAliasObject {
+    pub alias: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAccount {
+    pub id: String,
+    pub name: String,
+    pub customer_id: String,
+    #[serde(default)]
+    pub invoice_currency: Option<String>,
+    #[serde(default)]
+    pub aliases: Vec<RawAccountAlias>,
+    #[serde(default)]
+    pub net_term_days: Option<u32>,
+    #[serde(default)]
+    pub address: Option<RawAddress>,
+    #[serde(default)]
+    pub primary_email: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub settings: Option<Value>,
+    #[serde(default)]
+    pub invoice_group_details: Option<Value>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub togai_account_id: Option<IgnoredAny>,
+    #[serde(default)]
+    pub togai_customer_id: Option<IgnoredAny>,
+}
+
+/// Togai's `AccountAlias` (GET /accounts/{id}/aliases).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAlias {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub value: String,
+    #[serde(default)]
+    pub effective_from: Option<String>,
+    #[serde(default)]
+    pub effective_until: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<IgnoredAny>,
+    #[serde(default)]
+    pub updated_at: Option<IgnoredAny>,
+}
+
+/// Togai's `PricingScheduleWithPricePlanId` (GET /accounts/{id}/price_plans).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSchedule {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub price_plan_id: String,
+    pub start_date: String,
+    #[serde(default)]
+    pub end_date: Option<String>,
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub price_plan_name: Option<String>,
+    #[serde(default)]
+    pub price_plan_info: Option<Value>,
+    #[serde(default)]
+    pub price_plan_details: Option<Value>,
+    #[serde(default)]
+    pub pricing_rules: Option<Vec<Value>>,
+    #[serde(default)]
+    pub is_overriden: Option<bool>,
+}

@@ -1,0 +1,404 @@
+//! The run configuration, `billrun.toml`: organisation, run defaults, catalog, sources, store.
+//!
+//! Parsing is strict (`deny_unknown_fields`); secrets appear only as `${ENV_VAR}` and are
+//! expanded here, the one place that reads the environment. Validation is pure and reports every
+//! problem at once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use chrono_tz::Tz;
+use serde::Deserialize;
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::money::{Currency, RoundingMode};
+use billrun_connectors::file::{ColumnMapping, FileFormat};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub organization: RawOrganization,
+    #[serde(default)]
+    pub run: RawRun,
+    pub catalog: RawCatalog,
+    #[serde(default)]
+    pub sources: Vec<RawSource>,
+    pub store: RawStore,
+    #[serde(default)]
+    pub templates: Option<RawTemplates>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOrganization {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub base_currency: String,
+    #[serde(default = "default_tz")]
+    pub time_zone: String,
+    #[serde(default)]
+    pub rounding: RoundingMode,
+    #[serde(default = "default_sequence")]
+    pub invoice_sequence: String,
+    #[serde(default)]
+    pub net_term_days: u32,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub address: Option<BTreeMap<String, String>>,
+}
+
+fn default_tz() -> String {
+    "UTC".into()
+}
+fn default_sequence() -> String {
+    "INV-{SEQ:6}".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRun {
+    /// Default as-of date (the run happens at 00:00 of this date in the org time zone).
+    #[serde(default)]
+    pub as_of: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCatalog {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SourceKind {
+    #[serde(rename = "files")]
+    Files,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: SourceKind,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub format: Option<FileFormat>,
+    #[serde(default)]
+    pub mapping: Option<ColumnMapping>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum StoreKind {
+    #[serde(rename = "local")]
+    Local,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    #[serde(rename = "type")]
+    pub kind: StoreKind,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplates {
+    pub dir: PathBuf,
+}
+
+/// The organisation, validated.
+#[derive(Debug, Clone)]
+pub struct Organization {
+    pub name: String,
+    pub base_currency: Currency,
+    pub time_zone: Tz,
+    pub rounding: RoundingMode,
+    pub invoice_sequence: SequenceFormat,
+    pub net_term_days: u32,
+    pub email: Option<String>,
+    pub address: BTreeMap<String, String>,
+}
+
+/// A validated configuration; relative paths are resolved against the config file's folder.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub organization: Organization,
+    pub as_of: Option<NaiveDate>,
+    pub catalog_dir: PathBuf,
+    pub sources: Vec<RawSource>,
+    pub store_dir: PathBuf,
+    pub templates_dir: Option<PathBuf>,
+}
+
+/// The invoice sequence format: literal text with `{SEQ}` / `{SEQ:n}` (zero-padded to n digits)
+/// and optionally `{YYYY}` (year of the invoice date).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequenceFormat(pub String);
+
+impl SequenceFormat {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut seq = 0;
+        let mut rest = s;
+        while let Some(i) = rest.find('{') {
+            let j = rest[i..].find('}').ok_or_else(|| format!("unclosed `{{` in `{s}`"))? + i;
+            let token = &rest[i + 1..j];
+            match token {
+                "YYYY" | "MM" => {}
+                "SEQ" => seq += 1,
+                t if t.starts_with("SEQ:") && t[4..].parse::<u8>().is_ok_and(|n| (1..=20).contains(&n)) => seq += 1,
+                t => return Err(format!("unknown placeholder `{{{t}}}` in `{s}` (expected {{SEQ}}, {{SEQ:n}}, {{YYYY}} or {{MM}})")),
+            }
+            rest = &rest[j + 1..];
+        }
+        if seq != 1 {
+            return Err(format!("`{s}` must contain exactly one {{SEQ}} or {{SEQ:n}} placeholder"));
+        }
+        Ok(SequenceFormat(s.to_string()))
+    }
+
+    pub fn format(&self, seq: u64, date: NaiveDate) -> String {
+        let mut out = String::new();
+        let mut rest = self.0.as_str();
+        while let Some(i) = rest.find('{') {
+            out.push_str(&rest[..i]);
+            let j = rest[i..].find('}').map(|j| j + i).unwrap_or(rest.len() - 1);
+            let token = &rest[i + 1..j];
+            match token {
+                "YYYY" => out.push_str(&date.format("%Y").to_string()),
+                "MM" => out.push_str(&date.format("%m").to_string()),
+                "SEQ" => out.push_str(&seq.to_string()),
+                t => {
+                    let width: usize = t.trim_start_matches("SEQ:").parse().unwrap_or(1);
+                    out.push_str(&format!("{seq:0width$}"));
+                }
+            }
+            rest = &rest[j + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+/// Expand `${NAME}` from the environment; every missing variable is a diagnostic.
+pub fn interpolate(text: &str, file: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Diagnostics> {
+    let mut out = String::with_capacity(text.len());
+    let mut diags = Diagnostics::default();
+    for (lineno, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(i) = rest.find("${") {
+            out.push_str(&rest[..i]);
+            match rest[i..].find('}') {
+                Some(j) => {
+                    let name = &rest[i + 2..i + j];
+                    let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                    match (valid, env(name)) {
+                        (true, Some(v)) if !v.contains('\n') => out.push_str(&v),
+                        (true, Some(_)) => diags.push(
+                            Diagnostic::new(file, "", format!("environment variable `{name}` contains a newline"))
+                                .at(Some((lineno + 1, i + 1))),
+                        ),
+                        (true, None) => diags.push(
+                            Diagnostic::new(file, "", format!("environment variable `{name}` is not set"))
+                                .at(Some((lineno + 1, i + 1))),
+                        ),
+                        (false, _) => diags.push(
+                            Diagnostic::new(file, "", format!("`${{{name}}}` is not a valid environment variable reference"))
+                                .at(Some((lineno + 1, i + 1))),
+                        ),
+                    }
+                    rest = &rest[i + j + 1..];
+                }
+                None => {
+                    out.push_str(&rest[i..]);
+                    rest = "";
+                }
+            }
+        }
+        out.push_str(rest);
+    }
+    if diags.is_empty() { Ok(out) } else { Err(diags) }
+}
+
+/// Read, interpolate, parse and validate `billrun.toml`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse(&text, path, &|k| std::env::var(k).ok()).map_err(ConfigError::Invalid)
+}
+
+/// Parse and validate config text (pure apart from the given environment lookup).
+pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Diagnostics> {
+    let text = interpolate(text, path, env)?;
+    let de = toml::Deserializer::parse(&text).map_err(|e| toml_diag(path, &text, e))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let p = e.path().to_string();
+        let inner = e.into_inner();
+        let pos = inner.span().map(|s| line_col(&text, s.start));
+        let mut d = Diagnostics::default();
+        d.push(Diagnostic::new(path, if p == "." { String::new() } else { p }, inner.message().to_string()).at(pos));
+        d
+    })?;
+    validate(raw, path)
+}
+
+fn toml_diag(path: &Path, text: &str, e: toml::de::Error) -> Diagnostics {
+    let mut d = Diagnostics::default();
+    let pos = e.span().map(|s| line_col(text, s.start));
+    d.push(Diagnostic::new(path, "", e.message().to_string()).at(pos));
+    d
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+fn validate(raw: RawConfig, path: &Path) -> Result<Config, Diagnostics> {
+    let mut d = Diagnostics::default();
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let o = &raw.organization;
+    let base_currency = Currency::new(&o.base_currency).unwrap_or_else(|| {
+        d.push(Diagnostic::new(path, "organization.base_currency", format!("`{}` is not an ISO 4217 currency code", o.base_currency)));
+        Currency { code: o.base_currency.clone(), minor_units: 2 }
+    });
+    let time_zone: Tz = o.time_zone.parse().unwrap_or_else(|_| {
+        d.push(Diagnostic::new(path, "organization.time_zone", format!("`{}` is not an IANA time zone (e.g. \"UTC\", \"Europe/Berlin\")", o.time_zone)));
+        Tz::UTC
+    });
+    let invoice_sequence = SequenceFormat::parse(&o.invoice_sequence).unwrap_or_else(|e| {
+        d.push(Diagnostic::new(path, "organization.invoice_sequence", e));
+        SequenceFormat("INV-{SEQ:6}".into())
+    });
+    let as_of = raw.run.as_of.as_deref().and_then(|s| match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        Ok(date) => Some(date),
+        Err(_) => {
+            d.push(Diagnostic::new(path, "run.as_of", format!("`{s}` is not a date (expected YYYY-MM-DD)")));
+            None
+        }
+    });
+    if raw.sources.is_empty() {
+        d.push(Diagnostic::new(path, "sources", "at least one [[sources]] entry is required"));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, s) in raw.sources.iter().enumerate() {
+        if !names.insert(s.name.clone()) {
+            d.push(Diagnostic::new(path, format!("sources[{i}].name"), format!("duplicate source name `{}`", s.name)));
+        }
+        let needs_mapping = matches!(s.format, Some(FileFormat::Csv) | Some(FileFormat::Parquet));
+        if needs_mapping && s.mapping.is_none() {
+            d.push(Diagnostic::new(path, format!("sources[{i}].mapping"), "CSV and Parquet sources need a [sources.mapping] table (event_id, account_id, timestamp, schema_name or schema_name_value)"));
+        }
+        if let Some(m) = &s.mapping {
+            if m.schema_name.is_some() == m.schema_name_value.is_some() {
+                d.push(Diagnostic::new(path, format!("sources[{i}].mapping"), "exactly one of `schema_name` (a column) or `schema_name_value` (a constant) is required"));
+            }
+        }
+    }
+    if !d.is_empty() {
+        return Err(d);
+    }
+    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    Ok(Config {
+        file: path.to_path_buf(),
+        organization: Organization {
+            name: o.name.clone().unwrap_or_default(),
+            base_currency,
+            time_zone,
+            rounding: o.rounding,
+            invoice_sequence,
+            net_term_days: o.net_term_days,
+            email: o.email.clone(),
+            address: o.address.clone().unwrap_or_default(),
+        },
+        as_of,
+        catalog_dir: resolve(&raw.catalog.dir),
+        sources: raw
+            .sources
+            .into_iter()
+            .map(|mut s| {
+                s.path = resolve(&s.path);
+                s
+            })
+            .collect(),
+        store_dir: resolve(&raw.store.path),
+        templates_dir: raw.templates.map(|t| resolve(&t.dir)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+[organization]
+name = "Example Co"
+base_currency = "USD"
+time_zone = "Europe/Berlin"
+rounding = "HALF_EVEN"
+invoice_sequence = "INV-{YYYY}-{SEQ:5}"
+
+[run]
+as_of = "2026-11-06"
+
+[catalog]
+dir = "catalog"
+
+[[sources]]
+name = "events"
+type = "files"
+path = "usage"
+
+[store]
+type = "local"
+path = "out"
+"#;
+
+    #[test]
+    fn parses_a_valid_config_and_resolves_paths() {
+        let c = parse(OK, Path::new("/x/billrun.toml"), &|_| None).unwrap();
+        assert_eq!(c.organization.rounding, RoundingMode::HalfEven);
+        assert_eq!(c.catalog_dir, PathBuf::from("/x/catalog"));
+        assert_eq!(c.as_of, NaiveDate::from_ymd_opt(2026, 11, 6));
+        let d = NaiveDate::from_ymd_opt(2026, 11, 6).unwrap();
+        assert_eq!(c.organization.invoice_sequence.format(42, d), "INV-2026-00042");
+    }
+
+    #[test]
+    fn unknown_fields_name_file_path_and_line() {
+        let bad = OK.replace("rounding = \"HALF_EVEN\"", "roundng = \"HALF_EVEN\"");
+        let e = parse(&bad, Path::new("b.toml"), &|_| None).unwrap_err().to_string();
+        assert!(e.starts_with("b.toml:6:"), "{e}");
+        assert!(e.contains("unknown field `roundng`"), "{e}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once() {
+        let bad = OK.replace("\"USD\"", "\"USX\"").replace("Europe/Berlin", "Mars/Olympus").replace("{SEQ:5}", "{N}");
+        let e = parse(&bad, Path::new("b.toml"), &|_| None).unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+        let s = e.to_string();
+        assert!(s.contains("organization.base_currency") && s.contains("organization.time_zone") && s.contains("organization.invoice_sequence"), "{s}");
+    }
+
+    #[test]
+    fn env_vars_are_expanded_and_missing_ones_reported() {
+        let t = OK.replace("\"Example Co\"", "\"${ORG_NAME}\"");
+        let c = parse(&t, Path::new("b.toml"), &|k| (k == "ORG_NAME").then(|| "Acme".to_string())).unwrap();
+        assert_eq!(c.organization.name, "Acme");
+        let e = parse(&t, Path::new("b.toml"), &|_| None).unwrap_err().to_string();
+        assert!(e.contains("b.toml:3:") && e.contains("`ORG_NAME` is not set"), "{e}");
+    }
+}

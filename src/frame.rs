@@ -1,0 +1,231 @@
+//! The one place where Arrow (arrow-rs, from the connectors) becomes polars: the event frame.
+//!
+//! Batches from every source are unified into one frame with the canonical columns, attribute
+//! columns normalised to exact `Decimal(38, s)` (text is parsed exactly; a value that is not a
+//! number becomes null and is flagged for the reject output), timestamps as i64 microseconds
+//! (UTC), and `__seq`, the arrival order of the row in the input (source, file, row).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType as ADataType, Int64Type, TimeUnit};
+use polars::prelude::*;
+
+use crate::meter::FrameColumns;
+use crate::numeric;
+use billrun_connectors::schema::{ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
+
+pub const SEQ: &str = "__seq";
+pub const BAD_ATTR: &str = "__bad_attr";
+/// Largest number of decimal places accepted in an attribute value.
+pub const MAX_ATTR_SCALE: u32 = 18;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("polars: {0}")]
+    Polars(#[from] PolarsError),
+    #[error("column `{column}` has type {dtype}, which billrun cannot read as {what}")]
+    Type { column: String, dtype: String, what: &'static str },
+}
+
+/// The unified event frame and what its columns are.
+pub struct EventFrame {
+    pub df: DataFrame,
+    pub columns: FrameColumns,
+}
+
+/// arrow-rs array → polars Series through the Arrow C Data Interface (no copy for fixed-width).
+fn to_polars(name: &str, a: &ArrayRef) -> Result<Column, FrameError> {
+    let (ffi_array, ffi_schema) = arrow::ffi::to_ffi(&a.to_data())?;
+    // SAFETY: arrow-rs and polars-arrow both implement the Arrow C Data Interface structs with
+    // the same #[repr(C)] layout (transmute checks the sizes); ownership moves with the release
+    // callback, which the importer takes over.
+    let pa_array: polars_arrow::ffi::ArrowArray = unsafe { std::mem::transmute(ffi_array) };
+    let pa_schema: polars_arrow::ffi::ArrowSchema = unsafe { std::mem::transmute(ffi_schema) };
+    let field = unsafe { polars_arrow::ffi::import_field_from_c(&pa_schema)? };
+    let arr = unsafe { polars_arrow::ffi::import_array_from_c(pa_array, field.dtype().clone())? };
+    let s = Series::try_from((PlSmallStr::from(name), arr))?;
+    Ok(s.into_column())
+}
+
+fn micros(a: &ArrayRef, column: &str) -> Result<ArrayRef, FrameError> {
+    let a = match a.data_type() {
+        ADataType::Null => return Ok(Arc::new(arrow::array::Int64Array::new_null(a.len()))),
+        ADataType::Timestamp(TimeUnit::Microsecond, _) => a.clone(),
+        ADataType::Timestamp(_, _) => arrow::compute::cast(a, &ADataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())))?,
+        dt => return Err(FrameError::Type { column: column.into(), dtype: dt.to_string(), what: "a timestamp" }),
+    };
+    Ok(arrow::compute::cast(&a, &ADataType::Int64)?)
+}
+
+fn text(a: &ArrayRef, column: &str) -> Result<ArrayRef, FrameError> {
+    match a.data_type() {
+        ADataType::Utf8 => Ok(a.clone()),
+        ADataType::Null | ADataType::LargeUtf8 | ADataType::Utf8View | ADataType::Dictionary(_, _) | ADataType::Int64 | ADataType::Int32 => {
+            Ok(arrow::compute::cast(a, &ADataType::Utf8)?)
+        }
+        dt => Err(FrameError::Type { column: column.into(), dtype: dt.to_string(), what: "text" }),
+    }
+}
+
+/// An attribute column as exact mantissas at one scale, plus which rows held a non-number.
+struct Normalised {
+    values: Vec<Option<i128>>,
+    scale: u32,
+    bad: Vec<bool>,
+}
+
+fn normalise_attribute(a: &ArrayRef, column: &str) -> Result<Normalised, FrameError> {
+    let n = a.len();
+    match a.data_type() {
+        ADataType::Null => Ok(Normalised { values: vec![None; n], scale: 0, bad: vec![false; n] }),
+        ADataType::Int8 | ADataType::Int16 | ADataType::Int32 | ADataType::Int64 | ADataType::UInt8 | ADataType::UInt16 | ADataType::UInt32 => {
+            let c = arrow::compute::cast(a, &ADataType::Int64)?;
+            let c = c.as_primitive::<Int64Type>();
+            Ok(Normalised { values: c.iter().map(|v| v.map(i128::from)).collect(), scale: 0, bad: vec![false; n] })
+        }
+        ADataType::Decimal128(_, s) if *s >= 0 => {
+            let c = a.as_any().downcast_ref::<Decimal128Array>().expect("decimal128");
+            Ok(Normalised { values: c.iter().collect(), scale: *s as u32, bad: vec![false; n] })
+        }
+        ADataType::Utf8 | ADataType::LargeUtf8 | ADataType::Utf8View | ADataType::UInt64 => {
+            let c = arrow::compute::cast(a, &ADataType::Utf8)?;
+            let c = c.as_any().downcast_ref::<StringArray>().expect("utf8");
+            let parsed: Vec<Option<(i128, u32)>> = c.iter().map(|s| s.and_then(numeric::parse_text).filter(|(_, sc)| *sc <= MAX_ATTR_SCALE)).collect();
+            let scale = parsed.iter().flatten().map(|(_, s)| *s).max().unwrap_or(0);
+            let mut bad = vec![false; n];
+            let values = parsed
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let v = p.and_then(|(m, s)| numeric::upscale(m, s, scale));
+                    if v.is_none() && c.is_valid(i) {
+                        bad[i] = true;
+                    }
+                    v
+                })
+                .collect();
+            Ok(Normalised { values, scale, bad })
+        }
+        dt => Err(FrameError::Type { column: column.into(), dtype: dt.to_string(), what: "an exact number (floats are not accepted)" }),
+    }
+}
+
+/// Unify the batches of all sources into one event frame.
+pub fn build(batches: &[RecordBatch]) -> Result<EventFrame, FrameError> {
+    let mut attrs: BTreeSet<String> = BTreeSet::new();
+    let mut dims: BTreeSet<String> = BTreeSet::new();
+    for b in batches {
+        for f in b.schema().fields() {
+            if let Some(n) = f.name().strip_prefix(ATTR_PREFIX) {
+                attrs.insert(n.to_string());
+            } else if let Some(n) = f.name().strip_prefix(DIM_PREFIX) {
+                dims.insert(n.to_string());
+            }
+        }
+    }
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let get = |b: &RecordBatch, name: &str| -> ArrayRef {
+        b.column_by_name(name).cloned().unwrap_or_else(|| arrow::array::new_null_array(&ADataType::Null, b.num_rows()))
+    };
+    let concat = |parts: Vec<ArrayRef>| -> Result<ArrayRef, FrameError> {
+        if parts.is_empty() {
+            return Ok(arrow::array::new_null_array(&ADataType::Utf8, 0));
+        }
+        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        Ok(arrow::compute::concat(&refs)?)
+    };
+    let mut cols: Vec<Column> = Vec::new();
+    for name in [EVENT_ID, SCHEMA_NAME, ACCOUNT_ID] {
+        let parts = batches.iter().map(|b| text(&get(b, name), name)).collect::<Result<Vec<_>, _>>()?;
+        let mut a = concat(parts)?;
+        if a.data_type() != &ADataType::Utf8 {
+            a = arrow::compute::cast(&a, &ADataType::Utf8)?;
+        }
+        cols.push(to_polars(name, &a)?);
+    }
+    for name in [TIMESTAMP, INGESTED_AT] {
+        let parts = batches.iter().map(|b| micros(&get(b, name), name)).collect::<Result<Vec<_>, _>>()?;
+        let a = if parts.is_empty() { Arc::new(arrow::array::Int64Array::new_null(0)) as ArrayRef } else { concat(parts)? };
+        cols.push(to_polars(name, &a)?);
+    }
+    let mut bad_any = vec![false; total];
+    let mut attr_scales = BTreeMap::new();
+    for name in &attrs {
+        let column = format!("{ATTR_PREFIX}{name}");
+        let parts = batches.iter().map(|b| normalise_attribute(&get(b, &column), &column)).collect::<Result<Vec<_>, _>>()?;
+        let scale = parts.iter().map(|p| p.scale).max().unwrap_or(0);
+        let mut values = Vec::with_capacity(total);
+        let mut row = 0;
+        for p in parts {
+            for (v, b) in p.values.into_iter().zip(p.bad) {
+                let v = v.and_then(|v| numeric::upscale(v, p.scale, scale));
+                bad_any[row] |= b;
+                values.push(v);
+                row += 1;
+            }
+        }
+        let a: ArrayRef = Arc::new(Decimal128Array::from(values).with_precision_and_scale(38, scale as i8)?);
+        cols.push(to_polars(&column, &a)?);
+        attr_scales.insert(name.clone(), scale);
+    }
+    for name in &dims {
+        let column = format!("{DIM_PREFIX}{name}");
+        let parts = batches.iter().map(|b| text(&get(b, &column), &column)).collect::<Result<Vec<_>, _>>()?;
+        let mut a = concat(parts)?;
+        if a.data_type() != &ADataType::Utf8 {
+            a = arrow::compute::cast(&a, &ADataType::Utf8)?;
+        }
+        cols.push(to_polars(&column, &a)?);
+    }
+    let bad: ArrayRef = Arc::new(BooleanArray::from(bad_any));
+    cols.push(to_polars(BAD_ATTR, &bad)?);
+    let df = DataFrame::new(total, cols)?.with_row_index(SEQ.into(), None)?;
+    Ok(EventFrame { df, columns: FrameColumns { attributes: attr_scales, dimensions: dims } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, TimestampMicrosecondArray};
+    use arrow::datatypes::{Field, Schema};
+
+    #[test]
+    fn unifies_batches_and_reads_attribute_text_exactly() {
+        let s1 = Arc::new(Schema::new(vec![
+            Field::new(EVENT_ID, ADataType::Utf8, true),
+            Field::new(TIMESTAMP, ADataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+            Field::new("attributes.x", ADataType::Utf8, true),
+        ]));
+        let b1 = RecordBatch::try_new(s1, vec![
+            Arc::new(StringArray::from(vec![Some("a"), Some("b"), Some("c")])),
+            Arc::new(TimestampMicrosecondArray::from(vec![1, 2, 3]).with_timezone("UTC")),
+            Arc::new(StringArray::from(vec![Some("0.123456789012345678"), Some("abc"), None])),
+        ]).unwrap();
+        let s2 = Arc::new(Schema::new(vec![
+            Field::new(EVENT_ID, ADataType::Utf8, true),
+            Field::new("attributes.x", ADataType::Int64, true),
+            Field::new("dimensions.region", ADataType::Utf8, true),
+        ]));
+        let b2 = RecordBatch::try_new(s2, vec![
+            Arc::new(StringArray::from(vec!["d"])),
+            Arc::new(Int64Array::from(vec![7])),
+            Arc::new(StringArray::from(vec!["eu"])),
+        ]).unwrap();
+        let f = build(&[b1, b2]).unwrap();
+        assert_eq!(f.df.height(), 4);
+        assert_eq!(f.columns.attributes["x"], 18);
+        let x = f.df.column("attributes.x").unwrap().decimal().unwrap().physical().clone();
+        assert_eq!(x.get(0), Some(123456789012345678));
+        assert_eq!(x.get(1), None);
+        assert_eq!(x.get(3), Some(7 * 10i128.pow(18)));
+        let bad: Vec<Option<bool>> = f.df.column(BAD_ATTR).unwrap().bool().unwrap().iter().collect();
+        assert_eq!(bad, vec![Some(false), Some(true), Some(false), Some(false)]);
+        let ts: Vec<Option<i64>> = f.df.column(TIMESTAMP).unwrap().i64().unwrap().iter().collect();
+        assert_eq!(ts, vec![Some(1), Some(2), Some(3), None]);
+        assert!(f.columns.dimensions.contains("region"));
+    }
+}

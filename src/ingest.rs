@@ -1,0 +1,260 @@
+//! Ingest and meter: every event either counts towards usage or gets exactly one reject reason.
+//!
+//! Column-wise throughout (polars): validity, first-arrival dedup, account and alias resolution
+//! at the event's time, schedule and cycle assignment, grace period, then the compiled meters
+//! and one group-by that yields the usage table (window × meter → quantity).
+
+use std::collections::BTreeMap;
+
+use polars::prelude::*;
+use rust_decimal::Decimal;
+
+use crate::catalog::{Aggregation, Catalog};
+use crate::frame::{EventFrame, BAD_ATTR, SEQ};
+use crate::meter::{compile_meter, CompiledMeter};
+use crate::numeric;
+use crate::windows::Window;
+use billrun_connectors::schema::{ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
+
+/// Why an event was not used. Codes are Togai's ingestion statuses where one exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    InvalidEvent = 1,
+    NoEventId,
+    Duplicate,
+    SchemaNotDefined,
+    AccountNotFound,
+    AfterAsOf,
+    NotMetered,
+    PastGracePeriod,
+    UnitsInvalid,
+    NoMatchingMeters,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::InvalidEvent,
+        Reason::NoEventId,
+        Reason::Duplicate,
+        Reason::SchemaNotDefined,
+        Reason::AccountNotFound,
+        Reason::AfterAsOf,
+        Reason::NotMetered,
+        Reason::PastGracePeriod,
+        Reason::UnitsInvalid,
+        Reason::NoMatchingMeters,
+    ];
+    pub fn from_code(c: u8) -> Option<Reason> {
+        Reason::ALL.get((c as usize).checked_sub(1)?).copied()
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidEvent => "INGESTION_FAILED_INVALID_EVENT",
+            Reason::NoEventId => "INGESTION_FAILED_NO_EVENT_ID",
+            Reason::Duplicate => "INGESTION_FAILED_DUPLICATE_EVENT",
+            Reason::SchemaNotDefined => "INGESTION_FAILED_SCHEMA_NOT_DEFINED",
+            Reason::AccountNotFound => "INGESTION_FAILED_ACCOUNT_NOT_FOUND",
+            Reason::AfterAsOf => "AFTER_AS_OF",
+            Reason::NotMetered => "INGESTION_COMPLETED_EVENT_NOT_METERED",
+            Reason::PastGracePeriod => "INGESTION_FAILED_PAST_GRACE_PERIOD",
+            Reason::UnitsInvalid => "INGESTION_FAILED_UNITS_INVALID",
+            Reason::NoMatchingMeters => "INGESTION_COMPLETED_NO_MATCHING_METERS",
+        }
+    }
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::InvalidEvent => "the event has no valid timestamp, or an attribute or dimension its event schema does not declare",
+            Reason::NoEventId => "the event has no id",
+            Reason::Duplicate => "an event with the same id arrived earlier (first arrival wins)",
+            Reason::SchemaNotDefined => "no event schema with this name in the catalog",
+            Reason::AccountNotFound => "neither an account id nor an alias valid at the event's timestamp",
+            Reason::AfterAsOf => "the event's timestamp or arrival is not before the run's as-of instant",
+            Reason::NotMetered => "no price plan schedule is in force for the account at the event's timestamp",
+            Reason::PastGracePeriod => "the event arrived after its pricing cycle's grace period",
+            Reason::UnitsInvalid => "an attribute is not a number, or a meter's computation gives no number for it",
+            Reason::NoMatchingMeters => "no usage meter counts this event",
+        }
+    }
+}
+
+pub const REASON: &str = "__reason";
+pub const ACCOUNT: &str = "__account";
+pub const WINDOW: &str = "__window";
+
+/// The usage table: (window, meter) → exact quantity.
+pub type Usage = BTreeMap<(u32, String), Decimal>;
+
+pub struct IngestOutput {
+    pub usage: Usage,
+    /// The rejected events (canonical columns + `__reason`), in arrival order.
+    pub rejects: DataFrame,
+    pub counts: BTreeMap<Reason, u64>,
+    pub events_read: u64,
+    pub events_used: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("polars: {0}")]
+    Polars(#[from] PolarsError),
+    #[error("usage meter `{meter}` cannot be evaluated exactly: {message}")]
+    Meter { meter: String, message: String },
+    #[error("usage of meter `{meter}` in window {window} does not fit a decimal")]
+    Overflow { meter: String, window: u32 },
+}
+
+fn code(c: u8) -> Expr {
+    lit(c as u32).cast(DataType::UInt32)
+}
+
+fn keep(r: Expr, reason: Reason, cond: Expr) -> Expr {
+    when(r.clone().neq(code(0))).then(r).when(cond).then(code(reason as u8)).otherwise(code(0))
+}
+
+fn strings(name: &str, v: impl IntoIterator<Item = String>) -> Expr {
+    lit(Series::new(name.into(), v.into_iter().collect::<Vec<_>>())).implode(true)
+}
+
+/// Ingest the event frame against the catalog and the billing windows.
+pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us: i64) -> Result<IngestOutput, IngestError> {
+    let EventFrame { df, columns } = frame;
+    let events_read = df.height() as u64;
+    let df = df.sort([INGESTED_AT, SEQ], SortMultipleOptions::default().with_nulls_last(true).with_maintain_order(true))?;
+
+    // 1-4: validity, id, dedup, schema
+    let mut undeclared = lit(false);
+    for s in catalog.event_schemas.values() {
+        let mut extra = lit(false);
+        for a in columns.attributes.keys().filter(|a| !s.attributes.contains(*a)) {
+            extra = extra.or(col(format!("{ATTR_PREFIX}{a}")).is_not_null());
+        }
+        for d in columns.dimensions.iter().filter(|d| !s.dimensions.contains(*d)) {
+            extra = extra.or(col(format!("{DIM_PREFIX}{d}")).is_not_null());
+        }
+        undeclared = undeclared.or(col(SCHEMA_NAME).eq(lit(s.name.clone())).fill_null(lit(false)).and(extra));
+    }
+    let r1 = when(col(TIMESTAMP).is_null().or(undeclared))
+        .then(code(Reason::InvalidEvent as u8))
+        .when(col(EVENT_ID).is_null().or(col(EVENT_ID).eq(lit(""))))
+        .then(code(Reason::NoEventId as u8))
+        .otherwise(code(0));
+    let lf = df.lazy().with_column(r1.alias(REASON));
+    let key = when(col(REASON).eq(code(0))).then(col(EVENT_ID)).otherwise(lit(Null {}).cast(DataType::String));
+    let dup = col(REASON).eq(code(0)).and(key.is_first_distinct().not());
+    let schemas = strings("schemas", catalog.event_schemas.keys().cloned());
+    let known_schema = col(SCHEMA_NAME).is_in(schemas, false).fill_null(lit(false));
+    let lf = lf.with_column(keep(col(REASON), Reason::Duplicate, dup).alias(REASON));
+    let lf = lf.with_column(keep(col(REASON), Reason::SchemaNotDefined, known_schema.not()).alias(REASON));
+
+    // 5-6: account (id, then alias valid at the event's timestamp), as-of
+    let accounts = strings("accounts", catalog.accounts.keys().cloned());
+    let (mut ak, mut aa, mut af, mut au) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for acc in catalog.accounts.values() {
+        for al in &acc.aliases {
+            ak.push(al.value.clone());
+            aa.push(acc.id.clone());
+            af.push(al.from.map_or(i64::MIN, |t| t.timestamp_micros()));
+            au.push(al.until.map_or(i64::MAX, |t| t.timestamp_micros()));
+        }
+    }
+    let alias_df = df!("__alias_key" => ak, "__alias_account" => aa, "__alias_from" => af, "__alias_until" => au)?;
+    let direct = col(ACCOUNT_ID).is_in(accounts.clone(), false).fill_null(lit(false));
+    let via_alias = lf
+        .clone()
+        .filter(col(REASON).eq(code(0)).and(direct.clone().not()))
+        .select([col(SEQ), col(ACCOUNT_ID), col(TIMESTAMP)])
+        .inner_join(alias_df.lazy(), col(ACCOUNT_ID), col("__alias_key"))
+        .filter(col(TIMESTAMP).gt_eq(col("__alias_from")).and(col(TIMESTAMP).lt(col("__alias_until"))))
+        .select([col(SEQ), col("__alias_account")]);
+    let lf = lf
+        .left_join(via_alias, col(SEQ), col(SEQ))
+        .with_column(when(direct).then(col(ACCOUNT_ID)).otherwise(col("__alias_account")).alias(ACCOUNT));
+    let lf = lf.with_column(keep(col(REASON), Reason::AccountNotFound, col(ACCOUNT).is_null()).alias(REASON));
+    let after = col(TIMESTAMP).gt_eq(lit(as_of_us)).or(col(INGESTED_AT).gt_eq(lit(as_of_us)).fill_null(lit(false)));
+    let lf = lf.with_column(keep(col(REASON), Reason::AfterAsOf, after).alias(REASON));
+
+    // 7-8: window (schedule × cycle) and grace period
+    let win_df = df!(
+        "__w_id" => windows.iter().map(|w| w.id).collect::<Vec<_>>(),
+        "__w_account" => windows.iter().map(|w| w.account_id.clone()).collect::<Vec<_>>(),
+        "__w_start" => windows.iter().map(|w| w.start_us).collect::<Vec<_>>(),
+        "__w_end" => windows.iter().map(|w| w.end_us).collect::<Vec<_>>(),
+        "__w_due" => windows.iter().map(|w| w.due_us).collect::<Vec<_>>(),
+    )?;
+    let assigned = lf
+        .clone()
+        .filter(col(REASON).eq(code(0)))
+        .select([col(SEQ), col(ACCOUNT), col(TIMESTAMP)])
+        .inner_join(win_df.lazy(), col(ACCOUNT), col("__w_account"))
+        .filter(col(TIMESTAMP).gt_eq(col("__w_start")).and(col(TIMESTAMP).lt(col("__w_end"))))
+        .select([col(SEQ), col("__w_id").alias(WINDOW), col("__w_due")]);
+    let lf = lf.left_join(assigned, col(SEQ), col(SEQ));
+    let lf = lf.with_column(keep(col(REASON), Reason::NotMetered, col(WINDOW).is_null()).alias(REASON));
+    let late = col(INGESTED_AT).gt_eq(col("__w_due")).fill_null(lit(false));
+    let lf = lf.with_column(keep(col(REASON), Reason::PastGracePeriod, late).alias(REASON));
+    let df = lf.collect()?;
+
+    // 9-10: meters
+    let compiled: Vec<CompiledMeter> = catalog
+        .meters
+        .values()
+        .map(|m| compile_meter(m, &columns).map_err(|message| IngestError::Meter { meter: m.id.clone(), message }))
+        .collect::<Result<_, _>>()?;
+    let mut lf = df.lazy();
+    let mut any_hit = lit(false);
+    let mut invalid = col(BAD_ATTR).fill_null(lit(false));
+    for (i, m) in compiled.iter().enumerate() {
+        let hit = format!("__hit_{i}");
+        lf = lf.with_column(m.hit.clone().alias(&hit));
+        any_hit = any_hit.or(col(&hit));
+        if let Some(u) = &m.units {
+            let units = format!("__units_{i}");
+            lf = lf.with_column(u.clone().alias(&units));
+            invalid = invalid.or(col(&hit).and(col(&units).is_null()));
+        }
+    }
+    let lf = lf.with_column(keep(col(REASON), Reason::UnitsInvalid, invalid).alias(REASON));
+    let lf = lf.with_column(keep(col(REASON), Reason::NoMatchingMeters, any_hit.not()).alias(REASON));
+    let df = lf.collect()?;
+
+    let mut aggs = Vec::new();
+    for (i, m) in compiled.iter().enumerate() {
+        let hit = col(format!("__hit_{i}"));
+        aggs.push(match m.aggregation {
+            Aggregation::Count => hit.cast(DataType::UInt64).sum().alias(format!("__q_{i}")),
+            Aggregation::Sum => when(hit).then(col(format!("__units_{i}"))).otherwise(lit(Null {}).cast(numeric::dtype(m.scale))).sum().alias(format!("__q_{i}")),
+        });
+    }
+    let used = df.clone().lazy().filter(col(REASON).eq(code(0)));
+    let events_used = used.clone().select([len()]).collect()?.column("len")?.u32()?.get(0).unwrap_or(0) as u64;
+    let agg = if aggs.is_empty() { None } else { Some(used.group_by([col(WINDOW)]).agg(aggs).collect()?) };
+    let mut usage = Usage::new();
+    if let Some(agg) = agg {
+        let wins = agg.column(WINDOW)?.u32()?.clone();
+        for (i, m) in compiled.iter().enumerate() {
+            let q = agg.column(&format!("__q_{i}"))?;
+            for row in 0..agg.height() {
+                let Some(w) = wins.get(row) else { continue };
+                let value = match m.aggregation {
+                    Aggregation::Count => q.u64()?.get(row).map(Decimal::from),
+                    Aggregation::Sum => match q.decimal()?.physical().get(row) {
+                        None => None,
+                        Some(v) => Some(numeric::to_decimal(v, m.scale).ok_or(IngestError::Overflow { meter: m.meter_id.clone(), window: w })?),
+                    },
+                };
+                if let Some(v) = value {
+                    usage.insert((w, m.meter_id.clone()), v);
+                }
+            }
+        }
+    }
+
+    let rejects = df.lazy().filter(col(REASON).neq(code(0))).sort([SEQ], SortMultipleOptions::default()).collect()?;
+    let mut counts = BTreeMap::new();
+    for c in rejects.column(REASON)?.u32()?.iter().flatten() {
+        if let Some(r) = Reason::from_code(c as u8) {
+            *counts.entry(r).or_insert(0u64) += 1;
+        }
+    }
+    Ok(IngestOutput { usage, rejects, counts, events_read, events_used })
+}

@@ -1,0 +1,245 @@
+//! Invoices in Togai's `Invoice` shape: a `revenueInfo` line-item tree (GRAND_TOTAL_AMOUNT →
+//! TOTAL_AMOUNT → NET_AMOUNT → GROSS_AMOUNT → PRICE_PLAN_AMOUNT → SUB_TOTAL_AMOUNT → rate-card
+//! lines → slab and adjustment children), `usageInfo`, status, type, dates and sequence ids.
+//!
+//! Money: a rate-card line's `value` is its full-precision amount rounded once (`money`), at the
+//! currency's scale; every total is the sum of rounded lines. Children of a rate-card line
+//! (slabs, clamp adjustments) show exact, unrounded values: they explain the line, they are not
+//! billed separately. Pure: no I/O, no clock.
+
+use std::collections::BTreeMap;
+
+use chrono::{Days, NaiveDate};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::catalog::{Catalog, PricingModel};
+use crate::config::Organization;
+use crate::ingest::Usage;
+use crate::money::{format_amount, format_exact, round_line, Currency};
+use crate::rate::{rate_usage, CardCharge};
+use crate::windows::Window;
+
+pub const SCHEMA_VERSION: &str = "billrun.invoice.v1";
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LineItem {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_per_quantity: Option<String>,
+    pub value: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub line_items: Vec<LineItem>,
+}
+
+impl LineItem {
+    fn new(kind: &str, description: impl Into<String>, value: String) -> Self {
+        LineItem { id: None, kind: kind.into(), description: description.into(), quantity: None, value_per_quantity: None, value, metadata: BTreeMap::new(), line_items: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Party {
+    pub id: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_email: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub address: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InvoiceDetails {
+    pub organization: Party,
+    pub customer: Party,
+    pub account: Party,
+    pub price_plan_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Invoice {
+    pub schema_version: &'static str,
+    pub id: String,
+    pub sequence_id: Option<String>,
+    pub status: &'static str,
+    pub invoice_class: &'static str,
+    pub invoice_type: &'static str,
+    pub customer_id: String,
+    pub account_id: String,
+    pub owner_id: String,
+    pub price_plan_id: String,
+    pub schedule_id: String,
+    pub currency: String,
+    pub start_date: NaiveDate,
+    pub end_date: NaiveDate,
+    pub end_date_inclusive: NaiveDate,
+    pub invoice_date: NaiveDate,
+    pub due_date: NaiveDate,
+    pub net_term_days: u32,
+    pub total_amount: String,
+    pub usage_info: Vec<LineItem>,
+    pub revenue_info: LineItem,
+    pub invoice_details: InvoiceDetails,
+}
+
+/// An invoice plus the exact numbers behind it (for totals, tests and the manifest).
+#[derive(Debug, Clone)]
+pub struct BuiltInvoice {
+    pub invoice: Invoice,
+    pub currency: Currency,
+    pub total: Decimal,
+    /// (rate-card line description, rounded amount) in invoice order.
+    pub lines: Vec<(String, Decimal)>,
+    pub due: bool,
+}
+
+fn slab_description(c: &crate::rate::SlabCharge) -> String {
+    let upper = c.upper.map(format_exact).unwrap_or_else(|| "∞".into());
+    format!("Slab {} ({} – {}] {}", c.order, format_exact(c.start_after), upper, c.price_type.as_str())
+}
+
+fn card_line(id: String, description: &str, meter_id: &str, model: PricingModel, ch: &CardCharge, cur: &Currency, org: &Organization) -> (LineItem, Decimal) {
+    let amount = round_line(ch.exact, cur, org.rounding);
+    let mut line = LineItem::new("USAGE_RATE_CARD_AMOUNT", description, format_amount(amount, cur));
+    line.id = Some(id);
+    line.quantity = Some(format_exact(ch.quantity));
+    line.metadata.insert("usageMeterId".into(), meter_id.into());
+    line.metadata.insert("pricingModel".into(), match model { PricingModel::Tiered => "TIERED", PricingModel::Volume => "VOLUME" }.into());
+    line.metadata.insert("exactValue".into(), format_exact(ch.exact));
+    for s in &ch.slabs {
+        let mut sl = LineItem::new("USAGE_RATE_CARD_SLAB_AMOUNT", slab_description(s), format_exact(s.revenue));
+        sl.quantity = Some(format_exact(s.quantity));
+        sl.value_per_quantity = Some(format_exact(s.rate));
+        sl.metadata.insert("order".into(), s.order.to_string());
+        sl.metadata.insert("priceType".into(), s.price_type.as_str().into());
+        if let Some(p) = s.packages {
+            sl.metadata.insert("packageQuantity".into(), format_exact(p));
+        }
+        line.line_items.push(sl);
+        if let Some(k) = s.clamp_kind {
+            let mut adj = LineItem::new("RATE_CONFIG_ADJUSTMENT_AMOUNT", format!("Slab {} {} rate applied", s.order, k.as_str()), format_exact(s.adjustment));
+            adj.metadata.insert("appliedTo".into(), format!("slab {}", s.order));
+            line.line_items.push(adj);
+        }
+    }
+    if let Some(k) = ch.card_clamp {
+        let mut adj = LineItem::new("RATE_CONFIG_ADJUSTMENT_AMOUNT", format!("Rate card {} rate applied", k.as_str()), format_exact(ch.card_adjustment));
+        adj.metadata.insert("appliedTo".into(), "rate card".into());
+        line.line_items.push(adj);
+    }
+    (line, amount)
+}
+
+fn wrap(kind: &str, description: &str, value: &str, children: Vec<LineItem>) -> LineItem {
+    let mut l = LineItem::new(kind, description, value.to_string());
+    l.line_items = children;
+    l
+}
+
+/// Build the invoice of every window. Sequence numbers go to DUE invoices in order of
+/// (invoice date, account, start date), starting at 1.
+pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window], usage: &Usage, as_of: NaiveDate) -> Vec<BuiltInvoice> {
+    let mut out = Vec::new();
+    for w in windows {
+        let (Some(account), Some(plan)) = (catalog.accounts.get(&w.account_id), catalog.plans.get(&w.plan_id)) else { continue };
+        let customer = catalog.customers.get(&account.customer_id).cloned().unwrap_or_default();
+        let cur = &account.currency;
+        let mut cards = Vec::new();
+        let mut lines = Vec::new();
+        let mut usage_info = Vec::new();
+        let mut subtotal = Decimal::ZERO;
+        for card in &plan.usage_cards {
+            let Some(rates) = card.rates.get(&cur.code) else { continue };
+            let q = usage.get(&(w.id, card.meter_id.clone())).copied().unwrap_or(Decimal::ZERO);
+            let ch = rate_usage(card, rates, q);
+            let (line, amount) = card_line(format!("urc.{}", card.meter_id), &card.display_name, &card.meter_id, card.model, &ch, cur, org);
+            subtotal += amount;
+            lines.push((card.display_name.clone(), amount));
+            cards.push(line);
+            let meter_name = catalog.meters.get(&card.meter_id).map(|m| m.display_name.clone()).unwrap_or_default();
+            if !usage_info.iter().any(|u: &LineItem| u.id.as_deref() == Some(&card.meter_id)) {
+                let mut u = LineItem::new("USAGE_METER_USAGE", meter_name, format_exact(q));
+                u.id = Some(card.meter_id.clone());
+                u.quantity = Some(format_exact(q));
+                usage_info.push(u);
+            }
+        }
+        for ff in &plan.fixed_fee_cards {
+            let Some(rate) = ff.rates.get(&cur.code) else { continue };
+            let amount = round_line(*rate, cur, org.rounding);
+            let mut line = LineItem::new("FIXED_FEE_RATE_CARD_AMOUNT", &ff.display_name, format_amount(amount, cur));
+            line.id = Some(format!("ff.{}", ff.addon_id));
+            line.quantity = Some("1".into());
+            line.value_per_quantity = Some(format_exact(*rate));
+            line.metadata.insert("addOnId".into(), ff.addon_id.clone());
+            subtotal += amount;
+            lines.push((ff.display_name.clone(), amount));
+            cards.push(line);
+        }
+        let total = subtotal;
+        let v = format_amount(total, cur);
+        let tree = wrap("GRAND_TOTAL_AMOUNT", "Grand total", &v, vec![wrap("TOTAL_AMOUNT", "Total", &v, vec![wrap("NET_AMOUNT", "Net amount", &v, vec![wrap(
+            "GROSS_AMOUNT",
+            "Gross amount",
+            &v,
+            vec![wrap("PRICE_PLAN_AMOUNT", &plan.name, &v, vec![wrap("SUB_TOTAL_AMOUNT", "Subtotal", &v, cards)])],
+        )])])]);
+        let due = w.due <= as_of;
+        let net = account.net_term_days.unwrap_or(org.net_term_days);
+        let invoice_date = w.due;
+        let invoice = Invoice {
+            schema_version: SCHEMA_VERSION,
+            // (account, window start) is unique: schedules of an account never overlap
+            id: format!("inv.{}.{}", w.account_id, w.start),
+            sequence_id: None,
+            status: if due { "DUE" } else { "DRAFT" },
+            invoice_class: "INVOICE",
+            invoice_type: "STANDARD",
+            customer_id: account.customer_id.clone(),
+            account_id: account.id.clone(),
+            owner_id: account.id.clone(),
+            price_plan_id: plan.id.clone(),
+            schedule_id: w.schedule_id.clone(),
+            currency: cur.code.clone(),
+            start_date: w.start,
+            end_date: w.end,
+            end_date_inclusive: w.end.pred_opt().unwrap_or(w.end),
+            invoice_date,
+            due_date: invoice_date + Days::new(net as u64),
+            net_term_days: net,
+            total_amount: v.clone(),
+            usage_info,
+            revenue_info: tree,
+            invoice_details: InvoiceDetails {
+                organization: Party { id: String::new(), name: org.name.clone(), primary_email: org.email.clone(), address: org.address.clone() },
+                customer: Party { id: customer.id.clone(), name: customer.name.clone(), primary_email: customer.email.clone(), address: customer.address.clone() },
+                account: Party { id: account.id.clone(), name: account.name.clone(), primary_email: account.email.clone(), address: account.address.clone() },
+                price_plan_name: plan.name.clone(),
+            },
+        };
+        out.push(BuiltInvoice { invoice, currency: cur.clone(), total, lines, due });
+    }
+    let mut order: Vec<usize> = (0..out.len()).filter(|i| out[*i].due).collect();
+    order.sort_by(|a, b| {
+        let (x, y) = (&out[*a].invoice, &out[*b].invoice);
+        (x.invoice_date, &x.account_id, x.start_date, &x.id).cmp(&(y.invoice_date, &y.account_id, y.start_date, &y.id))
+    });
+    for (n, i) in order.into_iter().enumerate() {
+        let date = out[i].invoice.invoice_date;
+        out[i].invoice.sequence_id = Some(org.invoice_sequence.format(n as u64 + 1, date));
+    }
+    out.sort_by(|a, b| (&a.invoice.account_id, a.invoice.start_date, &a.invoice.id).cmp(&(&b.invoice.account_id, b.invoice.start_date, &b.invoice.id)));
+    out
+}

@@ -1,0 +1,20 @@
+//! billrun: offline batch billing. Togai catalog and usage in, rated invoices out.
+//! See ARCHITECTURE.md for the map of modules and their invariants.
+
+pub mod catalog;
+pub mod config;
+pub mod cycles;
+pub mod diag;
+pub mod doc;
+pub mod frame;
+pub mod ingest;
+pub mod invoice;
+pub mod jsonlogic;
+pub mod meter;
+pub mod money;
+pub mod numeric;
+pub mod rate;
+pub mod render;
+pub mod run;
+pub mod scenario;
+pub mod windows;

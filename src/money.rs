@@ -1,0 +1,135 @@
+//! Money: currencies, minor units and rounding. **The only place where amounts are rounded.**
+//!
+//! Every billed line is computed at full precision and rounded once, here, to the currency's
+//! ISO 4217 minor unit with the organisation's rounding mode. `Decimal::round_dp` (banker's
+//! rounding by default) is never used anywhere in billrun.
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::Deserialize;
+
+/// How a line amount is rounded to the currency's minor unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum RoundingMode {
+    /// 0.125 → 0.13, −0.125 → −0.13 (the default; Togai's HALF_UP).
+    #[default]
+    #[serde(rename = "HALF_AWAY_FROM_ZERO", alias = "HALF_UP")]
+    HalfAwayFromZero,
+    /// 0.125 → 0.12, 0.135 → 0.14 (banker's rounding), only when the organisation asks for it.
+    #[serde(rename = "HALF_EVEN")]
+    HalfEven,
+}
+
+impl RoundingMode {
+    fn strategy(self) -> RoundingStrategy {
+        match self {
+            RoundingMode::HalfAwayFromZero => RoundingStrategy::MidpointAwayFromZero,
+            RoundingMode::HalfEven => RoundingStrategy::MidpointNearestEven,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoundingMode::HalfAwayFromZero => "HALF_AWAY_FROM_ZERO",
+            RoundingMode::HalfEven => "HALF_EVEN",
+        }
+    }
+}
+
+/// ISO 4217 minor units (number of decimal places) of a currency code, `None` if unknown.
+pub fn minor_units(code: &str) -> Option<u32> {
+    let units = match code {
+        // three decimals
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        // no decimals
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        // four decimals
+        "CLF" | "UYW" => 4,
+        // two decimals
+        "AED" | "AFN" | "ALL" | "AMD" | "ANG" | "AOA" | "ARS" | "AUD" | "AWG" | "AZN" | "BAM"
+        | "BBD" | "BDT" | "BGN" | "BMD" | "BND" | "BOB" | "BRL" | "BSD" | "BTN" | "BWP" | "BYN"
+        | "BZD" | "CAD" | "CDF" | "CHF" | "CNY" | "COP" | "CRC" | "CUP" | "CVE" | "CZK" | "DKK"
+        | "DOP" | "DZD" | "EGP" | "ERN" | "ETB" | "EUR" | "FJD" | "FKP" | "GBP" | "GEL" | "GHS"
+        | "GIP" | "GMD" | "GTQ" | "GYD" | "HKD" | "HNL" | "HTG" | "HUF" | "IDR" | "ILS" | "INR"
+        | "IRR" | "JMD" | "KES" | "KGS" | "KHR" | "KPW" | "KYD" | "KZT" | "LAK" | "LBP" | "LKR"
+        | "LRD" | "LSL" | "MAD" | "MDL" | "MGA" | "MKD" | "MMK" | "MNT" | "MOP" | "MRU" | "MUR"
+        | "MVR" | "MWK" | "MXN" | "MYR" | "MZN" | "NAD" | "NGN" | "NIO" | "NOK" | "NPR" | "NZD"
+        | "PAB" | "PEN" | "PGK" | "PHP" | "PKR" | "PLN" | "QAR" | "RON" | "RSD" | "RUB" | "SAR"
+        | "SBD" | "SCR" | "SDG" | "SEK" | "SGD" | "SHP" | "SLE" | "SOS" | "SRD" | "SSP" | "STN"
+        | "SVC" | "SYP" | "SZL" | "THB" | "TJS" | "TMT" | "TOP" | "TRY" | "TTD" | "TWD" | "TZS"
+        | "UAH" | "USD" | "UYU" | "UZS" | "VES" | "WST" | "XCD" | "YER" | "ZAR" | "ZMW" | "ZWG" => 2,
+        _ => return None,
+    };
+    Some(units)
+}
+
+/// A currency with its minor unit, validated at load time.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Currency {
+    pub code: String,
+    pub minor_units: u32,
+}
+
+impl Currency {
+    pub fn new(code: &str) -> Option<Currency> {
+        minor_units(code).map(|minor_units| Currency { code: code.to_string(), minor_units })
+    }
+}
+
+/// Round a full-precision amount to the currency's minor unit. The one rounding point of billing.
+pub fn round_line(amount: Decimal, currency: &Currency, mode: RoundingMode) -> Decimal {
+    let mut r = amount.round_dp_with_strategy(currency.minor_units, mode.strategy());
+    r.rescale(currency.minor_units);
+    r
+}
+
+/// Format an amount at the currency's scale ("12.50", "1200" for JPY, "0.125" for KWD).
+pub fn format_amount(amount: Decimal, currency: &Currency) -> String {
+    let mut a = amount;
+    a.rescale(currency.minor_units);
+    a.to_string()
+}
+
+/// Format an exact (unrounded) decimal without trailing zeros ("0.0125", "10").
+pub fn format_exact(d: Decimal) -> String {
+    d.normalize().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn rounds_half_away_from_zero_by_default() {
+        let usd = Currency::new("USD").unwrap();
+        let m = RoundingMode::default();
+        assert_eq!(round_line(d("0.125"), &usd, m).to_string(), "0.13");
+        assert_eq!(round_line(d("-0.125"), &usd, m).to_string(), "-0.13");
+        assert_eq!(round_line(d("0.005"), &usd, m).to_string(), "0.01");
+        assert_eq!(round_line(d("0.0049999"), &usd, m).to_string(), "0.00");
+        assert_eq!(round_line(d("7"), &usd, m).to_string(), "7.00");
+    }
+
+    #[test]
+    fn rounds_half_even_when_asked() {
+        let usd = Currency::new("USD").unwrap();
+        let m = RoundingMode::HalfEven;
+        assert_eq!(round_line(d("0.125"), &usd, m).to_string(), "0.12");
+        assert_eq!(round_line(d("0.135"), &usd, m).to_string(), "0.14");
+    }
+
+    #[test]
+    fn minor_units_follow_iso_4217() {
+        let m = RoundingMode::default();
+        let jpy = Currency::new("JPY").unwrap();
+        let kwd = Currency::new("KWD").unwrap();
+        assert_eq!(round_line(d("1234.5"), &jpy, m).to_string(), "1235");
+        assert_eq!(round_line(d("1.2345"), &kwd, m).to_string(), "1.235");
+        assert_eq!(format_amount(d("3"), &kwd), "3.000");
+        assert!(Currency::new("XYZ").is_none());
+    }
+}

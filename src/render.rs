@@ -1,0 +1,179 @@
+//! Rendering invoices through handlebars templates (HTML and plain text).
+//!
+//! Templates see a documented view model (templates/README.md) of pre-formatted strings: no
+//! arithmetic and no money logic in templates. Handlebars runs in strict mode, so a missing
+//! field is an error naming the template and the field, not an empty string. HTML output escapes
+//! every value; the text template is not HTML-escaped. A template directory in the config
+//! overrides the shipped defaults file by file.
+
+use std::path::Path;
+
+use handlebars::{no_escape, Handlebars};
+use serde::Serialize;
+
+use crate::invoice::{Invoice, LineItem};
+
+pub const HTML: &str = "invoice.html";
+pub const TEXT: &str = "invoice.txt";
+const DEFAULT_HTML: &str = include_str!("../templates/invoice.html.hbs");
+const DEFAULT_TEXT: &str = include_str!("../templates/invoice.txt.hbs");
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("template `{template}`: {message}")]
+    Template { template: String, message: String },
+    #[error("cannot read template {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+}
+
+pub struct Renderer {
+    html: Handlebars<'static>,
+    text: Handlebars<'static>,
+}
+
+#[derive(Serialize)]
+struct PartyView {
+    name: String,
+    email: String,
+    address: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct DetailView {
+    description: String,
+    quantity: String,
+    rate: String,
+    amount: String,
+}
+
+#[derive(Serialize)]
+struct LineView {
+    description: String,
+    quantity: String,
+    unit_price: String,
+    amount: String,
+    details: Vec<DetailView>,
+}
+
+#[derive(Serialize)]
+struct UsageView {
+    description: String,
+    quantity: String,
+}
+
+/// What templates see. Every field is a string or a list; all money is pre-formatted.
+#[derive(Serialize)]
+struct InvoiceView {
+    number: String,
+    id: String,
+    status: String,
+    is_draft: bool,
+    invoice_type: String,
+    currency: String,
+    period_start: String,
+    period_end: String,
+    invoice_date: String,
+    due_date: String,
+    plan: String,
+    total: String,
+    organization: PartyView,
+    customer: PartyView,
+    account: PartyView,
+    lines: Vec<LineView>,
+    usage: Vec<UsageView>,
+}
+
+fn address(a: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let get = |k: &str| a.get(k).cloned().unwrap_or_default();
+    let city = [get("postalCode"), get("city"), get("state")].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ");
+    [get("line1"), get("line2"), city, get("country")].into_iter().filter(|s| !s.is_empty()).collect()
+}
+
+fn party(p: &crate::invoice::Party) -> PartyView {
+    PartyView { name: p.name.clone(), email: p.primary_email.clone().unwrap_or_default(), address: address(&p.address) }
+}
+
+fn rate_card_lines(li: &LineItem, out: &mut Vec<LineView>) {
+    if li.kind.ends_with("RATE_CARD_AMOUNT") {
+        let details = li
+            .line_items
+            .iter()
+            .map(|c| DetailView {
+                description: c.description.clone(),
+                quantity: c.quantity.clone().unwrap_or_default(),
+                rate: c.value_per_quantity.clone().unwrap_or_default(),
+                amount: c.value.clone(),
+            })
+            .collect();
+        out.push(LineView {
+            description: li.description.clone(),
+            quantity: li.quantity.clone().unwrap_or_default(),
+            unit_price: li.value_per_quantity.clone().unwrap_or_default(),
+            amount: li.value.clone(),
+            details,
+        });
+    } else {
+        for c in &li.line_items {
+            rate_card_lines(c, out);
+        }
+    }
+}
+
+fn view(inv: &Invoice) -> InvoiceView {
+    let mut lines = Vec::new();
+    rate_card_lines(&inv.revenue_info, &mut lines);
+    InvoiceView {
+        number: inv.sequence_id.clone().unwrap_or_else(|| "DRAFT".into()),
+        id: inv.id.clone(),
+        status: inv.status.into(),
+        is_draft: inv.status == "DRAFT",
+        invoice_type: inv.invoice_type.into(),
+        currency: inv.currency.clone(),
+        period_start: inv.start_date.to_string(),
+        period_end: inv.end_date_inclusive.to_string(),
+        invoice_date: inv.invoice_date.to_string(),
+        due_date: inv.due_date.to_string(),
+        plan: inv.invoice_details.price_plan_name.clone(),
+        total: inv.total_amount.clone(),
+        organization: party(&inv.invoice_details.organization),
+        customer: party(&inv.invoice_details.customer),
+        account: party(&inv.invoice_details.account),
+        lines,
+        usage: inv.usage_info.iter().map(|u| UsageView { description: u.description.clone(), quantity: u.value.clone() }).collect(),
+    }
+}
+
+fn register(h: &mut Handlebars<'static>, name: &str, dir: Option<&Path>, default: &str) -> Result<(), RenderError> {
+    let file = format!("{name}.hbs");
+    let (source, label) = match dir.map(|d| d.join(&file)).filter(|p| p.exists()) {
+        Some(p) => (
+            std::fs::read_to_string(&p).map_err(|source| RenderError::Read { path: p.display().to_string(), source })?,
+            p.display().to_string(),
+        ),
+        None => (default.to_string(), format!("templates/{file} (built in)")),
+    };
+    h.register_template_string(name, source)
+        .map_err(|e| RenderError::Template { template: label, message: e.to_string() })
+}
+
+impl Renderer {
+    pub fn new(dir: Option<&Path>) -> Result<Self, RenderError> {
+        let mut html = Handlebars::new();
+        html.set_strict_mode(true);
+        register(&mut html, HTML, dir, DEFAULT_HTML)?;
+        let mut text = Handlebars::new();
+        text.set_strict_mode(true);
+        text.register_escape_fn(no_escape);
+        register(&mut text, TEXT, dir, DEFAULT_TEXT)?;
+        Ok(Renderer { html, text })
+    }
+
+    /// Render one invoice to (HTML, text).
+    pub fn render(&self, inv: &Invoice) -> Result<(String, String), RenderError> {
+        let v = view(inv);
+        fn err(t: &'static str) -> impl Fn(handlebars::RenderError) -> RenderError {
+            move |e| RenderError::Template { template: format!("{t}.hbs"), message: e.to_string() }
+        }
+        Ok((self.html.render(HTML, &v).map_err(err(HTML))?, self.text.render(TEXT, &v).map_err(err(TEXT))?))
+    }
+}

@@ -1,0 +1,286 @@
+//! The bill run: config → catalog → sources → ingest and meter → rate → invoice → render →
+//! store, with the manifest written last. The only module that sequences I/O around the pure
+//! stages.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{DateTime, NaiveDate, SecondsFormat};
+use polars::prelude::*;
+use rust_decimal::Decimal;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{self, Catalog, LoadContext};
+use crate::config::{self, Config, ConfigError};
+use crate::cycles::day_start;
+use crate::diag::Diagnostics;
+use crate::frame::{self, BAD_ATTR};
+use crate::ingest::{self, IngestOutput, Reason, REASON};
+use crate::invoice::{build_invoices, BuiltInvoice};
+use crate::money::format_amount;
+use crate::render::Renderer;
+use crate::windows::plan_windows;
+use billrun_connectors::file::{read_files, BadRecord, FileSourceConfig};
+use billrun_connectors::schema::{ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
+use billrun_connectors::store::Staging;
+
+pub const MANIFEST: &str = "manifest.json";
+pub const REJECTS: &str = "rejects.ndjson";
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub as_of: Option<NaiveDate>,
+    /// Write here instead of the configured store.
+    pub out: Option<PathBuf>,
+    /// Fail (and write nothing) if any event is rejected.
+    pub strict: bool,
+}
+
+/// Everything a run produced, in memory.
+pub struct RunReport {
+    pub as_of: NaiveDate,
+    pub store: PathBuf,
+    pub invoices: Vec<BuiltInvoice>,
+    pub counts: BTreeMap<Reason, u64>,
+    pub events_read: u64,
+    pub events_used: u64,
+    pub manifest: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("invalid catalog:\n{0}")]
+    Catalog(Diagnostics),
+    #[error("no as-of date: pass --as-of YYYY-MM-DD or set `as_of` in the [run] table of {0}")]
+    NoAsOf(String),
+    #[error("{0}")]
+    Source(#[from] billrun_connectors::error::ConnectorError),
+    #[error("reading events: {0}")]
+    Frame(#[from] frame::FrameError),
+    #[error("{0}")]
+    Ingest(#[from] ingest::IngestError),
+    #[error("rendering: {0}")]
+    Render(#[from] crate::render::RenderError),
+    #[error("{0} event(s) rejected and --strict was given; nothing was written (see the reasons above)")]
+    Strict(u64),
+    #[error("polars: {0}")]
+    Polars(#[from] PolarsError),
+}
+
+impl RunError {
+    /// Exit code: 2 for problems in what the user wrote, 3 for the environment, 1 for --strict.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Config(ConfigError::Invalid(_)) | RunError::Catalog(_) | RunError::NoAsOf(_) => 2,
+            RunError::Strict(_) => 1,
+            _ => 3,
+        }
+    }
+}
+
+/// Load and validate the configuration and its catalog (no event is read).
+pub fn load(config_path: &Path) -> Result<(Config, Catalog), RunError> {
+    let cfg = config::load(config_path)?;
+    let ctx = LoadContext { base_currency: &cfg.organization.base_currency, time_zone: cfg.organization.time_zone };
+    let cat = catalog::load_dir(&cfg.catalog_dir, &ctx).map_err(RunError::Catalog)?;
+    Ok((cfg, cat))
+}
+
+fn progress(msg: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    tracing::info!("{msg}");
+    if std::io::stderr().is_terminal() {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_message(msg.to_string());
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        Some(pb)
+    } else {
+        None
+    }
+}
+
+/// Percent-encode an id so it is one safe path segment (`acct/1` → `acct%2F1`, `..` → `%2E%2E`).
+pub fn safe_segment(id: &str) -> String {
+    let mut s = String::new();
+    for (i, b) in id.bytes().enumerate() {
+        let ok = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0);
+        if ok {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if s.is_empty() { "%00".into() } else { s }
+}
+
+fn rfc3339(us: i64) -> Value {
+    DateTime::from_timestamp_micros(us).map_or(Value::Null, |t| Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
+}
+
+fn av_text(v: AnyValue) -> Option<String> {
+    match v {
+        AnyValue::Null => None,
+        AnyValue::String(s) => Some(s.to_string()),
+        AnyValue::StringOwned(s) => Some(s.to_string()),
+        AnyValue::Decimal(m, _, s) => crate::numeric::to_decimal(m, s as u32).map(crate::money::format_exact),
+        other => Some(other.to_string()),
+    }
+}
+
+fn reject_lines(rejects: &DataFrame, bad: &[BadRecord]) -> Result<Vec<(u8, String)>, PolarsError> {
+    let mut out = Vec::new();
+    for b in bad {
+        let v = json!({"reason": Reason::InvalidEvent.as_str(), "detail": b.error, "location": b.location, "raw": b.raw});
+        out.push((Reason::InvalidEvent as u8, v.to_string()));
+    }
+    let names: Vec<String> = rejects.get_column_names().iter().map(|s| s.to_string()).collect();
+    let reasons = rejects.column(REASON)?.u32()?.clone();
+    for i in 0..rejects.height() {
+        let code = reasons.get(i).unwrap_or(0) as u8;
+        let reason = Reason::from_code(code).unwrap_or(Reason::InvalidEvent);
+        let get = |n: &str| rejects.column(n).ok().and_then(|c| c.get(i).ok()).and_then(av_text);
+        let geti = |n: &str| rejects.column(n).ok().and_then(|c| c.get(i).ok()).and_then(|v| v.extract::<i64>());
+        let mut attrs = Vec::new();
+        let mut dims = Map::new();
+        for n in &names {
+            if let Some(a) = n.strip_prefix(ATTR_PREFIX) {
+                if let Some(v) = get(n) {
+                    attrs.push(json!({"name": a, "value": v}));
+                }
+            } else if let Some(d) = n.strip_prefix(DIM_PREFIX) {
+                if let Some(v) = get(n) {
+                    dims.insert(d.to_string(), Value::String(v));
+                }
+            }
+        }
+        let mut event = Map::new();
+        event.insert("id".into(), get(EVENT_ID).map_or(Value::Null, Value::String));
+        event.insert("schemaName".into(), get(SCHEMA_NAME).map_or(Value::Null, Value::String));
+        event.insert("accountId".into(), get(ACCOUNT_ID).map_or(Value::Null, Value::String));
+        event.insert("timestamp".into(), geti(TIMESTAMP).map_or(Value::Null, rfc3339));
+        if let Some(t) = geti(INGESTED_AT) {
+            event.insert("ingestedAt".into(), rfc3339(t));
+        }
+        event.insert("attributes".into(), Value::Array(attrs));
+        event.insert("dimensions".into(), Value::Object(dims));
+        let mut detail = reason.describe().to_string();
+        if reason == Reason::UnitsInvalid && rejects.column(BAD_ATTR).ok().and_then(|c| c.bool().ok()?.get(i)) == Some(true) {
+            detail = "an attribute value is not a decimal number (or has more than 18 decimal places)".into();
+        }
+        let v = json!({"reason": reason.as_str(), "detail": detail, "event": Value::Object(event)});
+        out.push((code, v.to_string()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Run the bill run described by `opts`.
+pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
+    let t0 = Instant::now();
+    let (cfg, cat) = load(&opts.config)?;
+    let as_of = opts.as_of.or(cfg.as_of).ok_or_else(|| RunError::NoAsOf(opts.config.display().to_string()))?;
+    let tz = cfg.organization.time_zone;
+    let as_of_us = day_start(tz, as_of).timestamp_micros();
+
+    let pb = progress("reading sources");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let mut batches = Vec::new();
+    let mut bad = Vec::new();
+    for s in &cfg.sources {
+        let fc = FileSourceConfig { name: s.name.clone(), root: s.path.clone(), format: s.format, mapping: s.mapping.clone() };
+        let out = rt.block_on(read_files(&fc))?;
+        tracing::info!(source = %s.name, files = out.files.len(), rows = out.num_rows(), bad = out.bad_records.len(), "source read");
+        batches.extend(out.batches);
+        bad.extend(out.bad_records);
+    }
+    drop(pb);
+
+    let pb = progress("ingesting and metering");
+    let frame = frame::build(&batches)?;
+    drop(batches);
+    let windows = plan_windows(&cat, tz, as_of);
+    let IngestOutput { usage, rejects, mut counts, events_read, events_used } = ingest::ingest(frame, &cat, &windows, as_of_us)?;
+    if !bad.is_empty() {
+        *counts.entry(Reason::InvalidEvent).or_insert(0) += bad.len() as u64;
+    }
+    let events_read = events_read + bad.len() as u64;
+    let rejected: u64 = counts.values().sum();
+    drop(pb);
+    for (r, n) in &counts {
+        tracing::warn!(reason = r.as_str(), count = n, "events rejected");
+    }
+    if opts.strict && rejected > 0 {
+        return Err(RunError::Strict(rejected));
+    }
+
+    let pb = progress("rating and rendering invoices");
+    let invoices = build_invoices(&cat, &cfg.organization, &windows, &usage, as_of);
+    let renderer = Renderer::new(cfg.templates_dir.as_deref())?;
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for b in &invoices {
+        let dir = format!("invoices/{}", safe_segment(&b.invoice.account_id));
+        let name = safe_segment(&b.invoice.id);
+        let mut jsonb = serde_json::to_vec_pretty(&b.invoice).expect("invoice serializes");
+        jsonb.push(b'\n');
+        let (html, text) = renderer.render(&b.invoice)?;
+        files.push((format!("{dir}/{name}.json"), jsonb));
+        files.push((format!("{dir}/{name}.html"), html.into_bytes()));
+        files.push((format!("{dir}/{name}.txt"), text.into_bytes()));
+    }
+    let mut rej = String::new();
+    for (_, line) in reject_lines(&rejects, &bad)? {
+        rej.push_str(&line);
+        rej.push('\n');
+    }
+    files.push((REJECTS.into(), rej.into_bytes()));
+    drop(pb);
+
+    let mut totals: BTreeMap<String, (Decimal, Decimal, crate::money::Currency)> = BTreeMap::new();
+    for b in &invoices {
+        let e = totals.entry(b.currency.code.clone()).or_insert((Decimal::ZERO, Decimal::ZERO, b.currency.clone()));
+        if b.due { e.0 += b.total } else { e.1 += b.total }
+    }
+    let totals: Map<String, Value> = totals
+        .into_iter()
+        .map(|(c, (due, draft, cur))| (c, json!({"due": format_amount(due, &cur), "draft": format_amount(draft, &cur)})))
+        .collect();
+    let due = invoices.iter().filter(|b| b.due).count();
+    let file_list: Vec<Value> = files
+        .iter()
+        .map(|(p, b)| json!({"path": p, "bytes": b.len(), "sha256": hex::encode(Sha256::digest(b))}))
+        .collect();
+    let manifest = json!({
+        "schemaVersion": "billrun.manifest.v1",
+        "asOf": as_of.to_string(),
+        "timeZone": tz.name(),
+        "rounding": cfg.organization.rounding.as_str(),
+        "events": {
+            "read": events_read,
+            "used": events_used,
+            "rejected": rejected,
+            "rejectedByReason": counts.iter().map(|(r, n)| (r.as_str().to_string(), json!(n))).collect::<Map<_, _>>(),
+        },
+        "invoices": {"count": invoices.len(), "due": due, "draft": invoices.len() - due, "totalsByCurrency": totals},
+        "files": file_list,
+    });
+    debug_assert_eq!(events_read, events_used + rejected, "every event is used or rejected");
+
+    let store = opts.out.clone().unwrap_or_else(|| cfg.store_dir.clone());
+    let pb = progress("writing the store");
+    let mut staging = Staging::begin(&store)?;
+    for (k, b) in &files {
+        staging.put(k, b)?;
+    }
+    let mut mb = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+    mb.push(b'\n');
+    staging.put(MANIFEST, &mb)?;
+    staging.commit()?;
+    drop(pb);
+    tracing::info!(invoices = invoices.len(), due, events_read, events_used, rejected, seconds = t0.elapsed().as_secs_f64(), store = %store.display(), "bill run complete");
+    Ok(RunReport { as_of, store, invoices, counts, events_read, events_used, manifest })
+}
