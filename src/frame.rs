@@ -18,6 +18,9 @@ use billrun_connectors::schema::{ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, 
 
 pub const SEQ: &str = "__seq";
 pub const BAD_ATTR: &str = "__bad_attr";
+/// For rows with a non-numeric attribute value: the raw `[{"name", "value"}]` text, kept for the
+/// reject output so that nothing the source sent is lost.
+pub const RAW_ATTRS: &str = "__raw_attrs";
 /// Largest number of decimal places accepted in an attribute value.
 pub const MAX_ATTR_SCALE: u32 = 18;
 
@@ -76,20 +79,22 @@ struct Normalised {
     values: Vec<Option<i128>>,
     scale: u32,
     bad: Vec<bool>,
+    /// The raw text of the values that are not numbers, by row.
+    raw: Vec<Option<String>>,
 }
 
 fn normalise_attribute(a: &ArrayRef, column: &str) -> Result<Normalised, FrameError> {
     let n = a.len();
     match a.data_type() {
-        ADataType::Null => Ok(Normalised { values: vec![None; n], scale: 0, bad: vec![false; n] }),
+        ADataType::Null => Ok(Normalised { values: vec![None; n], scale: 0, bad: vec![false; n], raw: vec![None; n] }),
         ADataType::Int8 | ADataType::Int16 | ADataType::Int32 | ADataType::Int64 | ADataType::UInt8 | ADataType::UInt16 | ADataType::UInt32 => {
             let c = arrow::compute::cast(a, &ADataType::Int64)?;
             let c = c.as_primitive::<Int64Type>();
-            Ok(Normalised { values: c.iter().map(|v| v.map(i128::from)).collect(), scale: 0, bad: vec![false; n] })
+            Ok(Normalised { values: c.iter().map(|v| v.map(i128::from)).collect(), scale: 0, bad: vec![false; n], raw: vec![None; n] })
         }
         ADataType::Decimal128(_, s) if *s >= 0 => {
             let c = a.as_any().downcast_ref::<Decimal128Array>().expect("decimal128");
-            Ok(Normalised { values: c.iter().collect(), scale: *s as u32, bad: vec![false; n] })
+            Ok(Normalised { values: c.iter().collect(), scale: *s as u32, bad: vec![false; n], raw: vec![None; n] })
         }
         ADataType::Utf8 | ADataType::LargeUtf8 | ADataType::Utf8View | ADataType::UInt64 => {
             let c = arrow::compute::cast(a, &ADataType::Utf8)?;
@@ -97,6 +102,7 @@ fn normalise_attribute(a: &ArrayRef, column: &str) -> Result<Normalised, FrameEr
             let parsed: Vec<Option<(i128, u32)>> = c.iter().map(|s| s.and_then(numeric::parse_text).filter(|(_, sc)| *sc <= MAX_ATTR_SCALE)).collect();
             let scale = parsed.iter().flatten().map(|(_, s)| *s).max().unwrap_or(0);
             let mut bad = vec![false; n];
+            let mut raw = vec![None; n];
             let values = parsed
                 .iter()
                 .enumerate()
@@ -104,11 +110,12 @@ fn normalise_attribute(a: &ArrayRef, column: &str) -> Result<Normalised, FrameEr
                     let v = p.and_then(|(m, s)| numeric::upscale(m, s, scale));
                     if v.is_none() && c.is_valid(i) {
                         bad[i] = true;
+                        raw[i] = Some(c.value(i).to_string());
                     }
                     v
                 })
                 .collect();
-            Ok(Normalised { values, scale, bad })
+            Ok(Normalised { values, scale, bad, raw })
         }
         dt => Err(FrameError::Type { column: column.into(), dtype: dt.to_string(), what: "an exact number (floats are not accepted)" }),
     }
@@ -153,6 +160,7 @@ pub fn build(batches: &[RecordBatch]) -> Result<EventFrame, FrameError> {
         cols.push(to_polars(name, &a)?);
     }
     let mut bad_any = vec![false; total];
+    let mut raw_bad: BTreeMap<usize, Vec<serde_json::Value>> = BTreeMap::new();
     let mut attr_scales = BTreeMap::new();
     for name in &attrs {
         let column = format!("{ATTR_PREFIX}{name}");
@@ -161,9 +169,12 @@ pub fn build(batches: &[RecordBatch]) -> Result<EventFrame, FrameError> {
         let mut values = Vec::with_capacity(total);
         let mut row = 0;
         for p in parts {
-            for (v, b) in p.values.into_iter().zip(p.bad) {
+            for ((v, b), r) in p.values.into_iter().zip(p.bad).zip(p.raw) {
                 let v = v.and_then(|v| numeric::upscale(v, p.scale, scale));
                 bad_any[row] |= b;
+                if let Some(r) = r {
+                    raw_bad.entry(row).or_default().push(serde_json::json!({"name": name, "value": r}));
+                }
                 values.push(v);
                 row += 1;
             }
@@ -183,6 +194,10 @@ pub fn build(batches: &[RecordBatch]) -> Result<EventFrame, FrameError> {
     }
     let bad: ArrayRef = Arc::new(BooleanArray::from(bad_any));
     cols.push(to_polars(BAD_ATTR, &bad)?);
+    let raw: ArrayRef = Arc::new(StringArray::from(
+        (0..total).map(|i| raw_bad.remove(&i).map(|v| serde_json::Value::Array(v).to_string())).collect::<Vec<_>>(),
+    ));
+    cols.push(to_polars(RAW_ATTRS, &raw)?);
     let df = DataFrame::new(total, cols)?.with_row_index(SEQ.into(), None)?;
     Ok(EventFrame { df, columns: FrameColumns { attributes: attr_scales, dimensions: dims } })
 }

@@ -86,6 +86,8 @@ pub type Usage = BTreeMap<(u32, String), Decimal>;
 
 pub struct IngestOutput {
     pub usage: Usage,
+    /// Meter ids in the order of the `__hit_<i>` / `__units_<i>` columns of `rejects`.
+    pub meter_ids: Vec<String>,
     /// The rejected events (canonical columns + `__reason`), in arrival order.
     pub rejects: DataFrame,
     pub counts: BTreeMap<Reason, u64>,
@@ -256,5 +258,6 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
             *counts.entry(r).or_insert(0u64) += 1;
         }
     }
-    Ok(IngestOutput { usage, rejects, counts, events_read, events_used })
+    let meter_ids = compiled.iter().map(|m| m.meter_id.clone()).collect();
+    Ok(IngestOutput { usage, meter_ids, rejects, counts, events_read, events_used })
 }

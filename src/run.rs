@@ -16,7 +16,7 @@ use crate::catalog::{self, Catalog, LoadContext};
 use crate::config::{self, Config, ConfigError};
 use crate::cycles::day_start;
 use crate::diag::Diagnostics;
-use crate::frame::{self, BAD_ATTR};
+use crate::frame::{self, RAW_ATTRS};
 use crate::ingest::{self, IngestOutput, Reason, REASON};
 use crate::invoice::{build_invoices, BuiltInvoice};
 use crate::money::format_amount;
@@ -132,7 +132,56 @@ fn av_text(v: AnyValue) -> Option<String> {
     }
 }
 
-fn reject_lines(rejects: &DataFrame, bad: &[BadRecord]) -> Result<Vec<(u8, String)>, PolarsError> {
+/// Why exactly this rejected row was rejected (beyond its reason code).
+fn reject_detail(reason: Reason, rejects: &DataFrame, i: usize, cat: &Catalog, meter_ids: &[String]) -> String {
+    let text = |n: &str| rejects.column(n).ok().and_then(|c| c.get(i).ok()).and_then(av_text);
+    let present = |n: &str| rejects.column(n).ok().and_then(|c| c.get(i).ok()).is_some_and(|v| !v.is_null());
+    let names: Vec<String> = rejects.get_column_names().iter().map(|s| s.to_string()).collect();
+    match reason {
+        Reason::InvalidEvent => {
+            if !present(TIMESTAMP) {
+                return "the event has no timestamp".into();
+            }
+            let schema_name = text(SCHEMA_NAME).unwrap_or_default();
+            let Some(schema) = cat.event_schemas.get(&schema_name) else { return reason.describe().into() };
+            let mut extra = Vec::new();
+            for n in &names {
+                if let Some(a) = n.strip_prefix(ATTR_PREFIX) {
+                    if !schema.attributes.contains(a) && (present(n) || text(RAW_ATTRS).is_some_and(|r| r.contains(&format!("\"name\":\"{a}\"")))) {
+                        extra.push(format!("attribute `{a}`"));
+                    }
+                } else if let Some(d) = n.strip_prefix(DIM_PREFIX) {
+                    if !schema.dimensions.contains(d) && present(n) {
+                        extra.push(format!("dimension `{d}`"));
+                    }
+                }
+            }
+            format!("{} not declared in event schema `{schema_name}`", extra.join(", "))
+        }
+        Reason::Duplicate => format!("event id `{}` arrived earlier (first arrival wins)", text(EVENT_ID).unwrap_or_default()),
+        Reason::SchemaNotDefined => format!("no event schema `{}` in the catalog", text(SCHEMA_NAME).unwrap_or_default()),
+        Reason::AccountNotFound => format!("`{}` is neither an account id nor an alias valid at the event's timestamp", text(ACCOUNT_ID).unwrap_or_default()),
+        Reason::UnitsInvalid => {
+            if let Some(raw) = text(RAW_ATTRS) {
+                return format!("attribute value is not a decimal number (at most 18 decimal places): {raw}");
+            }
+            let failing: Vec<&str> = meter_ids
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| {
+                    let hit = rejects.column(&format!("__hit_{k}")).ok().and_then(|c| c.bool().ok()?.get(i)) == Some(true);
+                    let units = rejects.column(&format!("__units_{k}")).ok().and_then(|c| c.get(i).ok());
+                    hit && units.is_some_and(|u| u.is_null())
+                })
+                .map(|(_, m)| m.as_str())
+                .collect();
+            format!("usage meter {} gives no number for this event (a missing attribute, division by zero or overflow)", failing.join(", "))
+        }
+        other => other.describe().into(),
+    }
+}
+
+fn reject_lines(rejects: &DataFrame, bad: &[BadRecord], cat: &Catalog, meter_ids: &[String]) -> Result<Vec<(u8, String)>, PolarsError> {
     let mut out = Vec::new();
     for b in bad {
         let v = json!({"reason": Reason::InvalidEvent.as_str(), "detail": b.error, "location": b.location, "raw": b.raw});
@@ -145,7 +194,7 @@ fn reject_lines(rejects: &DataFrame, bad: &[BadRecord]) -> Result<Vec<(u8, Strin
         let reason = Reason::from_code(code).unwrap_or(Reason::InvalidEvent);
         let get = |n: &str| rejects.column(n).ok().and_then(|c| c.get(i).ok()).and_then(av_text);
         let geti = |n: &str| rejects.column(n).ok().and_then(|c| c.get(i).ok()).and_then(|v| v.extract::<i64>());
-        let mut attrs = Vec::new();
+        let mut attrs: Vec<Value> = Vec::new();
         let mut dims = Map::new();
         for n in &names {
             if let Some(a) = n.strip_prefix(ATTR_PREFIX) {
@@ -158,6 +207,10 @@ fn reject_lines(rejects: &DataFrame, bad: &[BadRecord]) -> Result<Vec<(u8, Strin
                 }
             }
         }
+        if let Some(raw) = get(RAW_ATTRS).and_then(|r| serde_json::from_str::<Vec<Value>>(&r).ok()) {
+            attrs.extend(raw);
+            attrs.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        }
         let mut event = Map::new();
         event.insert("id".into(), get(EVENT_ID).map_or(Value::Null, Value::String));
         event.insert("schemaName".into(), get(SCHEMA_NAME).map_or(Value::Null, Value::String));
@@ -168,10 +221,7 @@ fn reject_lines(rejects: &DataFrame, bad: &[BadRecord]) -> Result<Vec<(u8, Strin
         }
         event.insert("attributes".into(), Value::Array(attrs));
         event.insert("dimensions".into(), Value::Object(dims));
-        let mut detail = reason.describe().to_string();
-        if reason == Reason::UnitsInvalid && rejects.column(BAD_ATTR).ok().and_then(|c| c.bool().ok()?.get(i)) == Some(true) {
-            detail = "an attribute value is not a decimal number (or has more than 18 decimal places)".into();
-        }
+        let detail = reject_detail(reason, rejects, i, cat, meter_ids);
         let v = json!({"reason": reason.as_str(), "detail": detail, "event": Value::Object(event)});
         out.push((code, v.to_string()));
     }
@@ -204,7 +254,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     let frame = frame::build(&batches)?;
     drop(batches);
     let windows = plan_windows(&cat, tz, as_of);
-    let IngestOutput { usage, rejects, mut counts, events_read, events_used } = ingest::ingest(frame, &cat, &windows, as_of_us)?;
+    let IngestOutput { usage, meter_ids, rejects, mut counts, events_read, events_used } = ingest::ingest(frame, &cat, &windows, as_of_us)?;
     if !bad.is_empty() {
         *counts.entry(Reason::InvalidEvent).or_insert(0) += bad.len() as u64;
     }
@@ -233,7 +283,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         files.push((format!("{dir}/{name}.txt"), text.into_bytes()));
     }
     let mut rej = String::new();
-    for (_, line) in reject_lines(&rejects, &bad)? {
+    for (_, line) in reject_lines(&rejects, &bad, &cat, &meter_ids)? {
         rej.push_str(&line);
         rej.push('\n');
     }
