@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::money::{Currency, RoundingMode};
-use billrun_connectors::file::{ColumnMapping, FileFormat};
+use billrun_connectors::SourceConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,7 +23,7 @@ pub struct RawConfig {
     pub run: RawRun,
     pub catalog: RawCatalog,
     #[serde(default)]
-    pub sources: Vec<RawSource>,
+    pub sources: Vec<SourceConfig>,
     pub store: RawStore,
     #[serde(default)]
     pub templates: Option<RawTemplates>,
@@ -71,25 +71,6 @@ pub struct RawCatalog {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum SourceKind {
-    #[serde(rename = "files")]
-    Files,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSource {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: SourceKind,
-    pub path: PathBuf,
-    #[serde(default)]
-    pub format: Option<FileFormat>,
-    #[serde(default)]
-    pub mapping: Option<ColumnMapping>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum StoreKind {
     #[serde(rename = "local")]
     Local,
@@ -129,7 +110,7 @@ pub struct Config {
     pub organization: Organization,
     pub as_of: Option<NaiveDate>,
     pub catalog_dir: PathBuf,
-    pub sources: Vec<RawSource>,
+    pub sources: Vec<SourceConfig>,
     pub store_dir: PathBuf,
     pub templates_dir: Option<PathBuf>,
 }
@@ -294,17 +275,11 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Diagnostics> {
     }
     let mut names = std::collections::BTreeSet::new();
     for (i, s) in raw.sources.iter().enumerate() {
-        if !names.insert(s.name.clone()) {
-            d.push(Diagnostic::new(path, format!("sources[{i}].name"), format!("duplicate source name `{}`", s.name)));
+        if !names.insert(s.name().to_string()) {
+            d.push(Diagnostic::new(path, format!("sources[{i}].name"), format!("duplicate source name `{}`", s.name())));
         }
-        let needs_mapping = matches!(s.format, Some(FileFormat::Csv) | Some(FileFormat::Parquet));
-        if needs_mapping && s.mapping.is_none() {
-            d.push(Diagnostic::new(path, format!("sources[{i}].mapping"), "CSV and Parquet sources need a [sources.mapping] table (event_id, account_id, timestamp, schema_name or schema_name_value)"));
-        }
-        if let Some(m) = &s.mapping {
-            if m.schema_name.is_some() == m.schema_name_value.is_some() {
-                d.push(Diagnostic::new(path, format!("sources[{i}].mapping"), "exactly one of `schema_name` (a column) or `schema_name_value` (a constant) is required"));
-            }
+        for (key, msg) in s.validate() {
+            d.push(Diagnostic::new(path, format!("sources[{i}].{key}"), msg));
         }
     }
     if !d.is_empty() {
@@ -329,7 +304,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Diagnostics> {
             .sources
             .into_iter()
             .map(|mut s| {
-                s.path = resolve(&s.path);
+                s.resolve_paths(&base);
                 s
             })
             .collect(),
@@ -391,6 +366,16 @@ path = "out"
         assert_eq!(e.0.len(), 3, "{e}");
         let s = e.to_string();
         assert!(s.contains("organization.base_currency") && s.contains("organization.time_zone") && s.contains("organization.invoice_sequence"), "{s}");
+    }
+
+    #[test]
+    fn sources_are_checked_by_their_connector() {
+        let bad = OK.replace("path = \"usage\"", "path = \"usage\"\nformat = \"csv\"\nbogus = 1");
+        let e = parse(&bad, Path::new("b.toml"), &|_| None).unwrap_err().to_string();
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+        let bad = OK.replace("path = \"usage\"", "path = \"usage\"\nformat = \"csv\"");
+        let e = parse(&bad, Path::new("b.toml"), &|_| None).unwrap_err().to_string();
+        assert!(e.contains("sources[0].mapping") && e.contains("need a [sources.mapping]"), "{e}");
     }
 
     #[test]

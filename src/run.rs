@@ -22,7 +22,8 @@ use crate::invoice::{build_invoices, BuiltInvoice};
 use crate::money::format_amount;
 use crate::render::Renderer;
 use crate::windows::plan_windows;
-use billrun_connectors::file::{read_files, BadRecord, FileSourceConfig};
+use billrun_connectors::file::BadRecord;
+use billrun_connectors::{read_source, ReadWindow};
 use billrun_connectors::schema::{ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
 use billrun_connectors::store::Staging;
 
@@ -241,10 +242,11 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let mut batches = Vec::new();
     let mut bad = Vec::new();
+    let windows = plan_windows(&cat, tz, as_of);
+    let window = ReadWindow { start_us: windows.iter().map(|w| w.start_us).min(), end_us: Some(as_of_us) };
     for s in &cfg.sources {
-        let fc = FileSourceConfig { name: s.name.clone(), root: s.path.clone(), format: s.format, mapping: s.mapping.clone() };
-        let out = rt.block_on(read_files(&fc))?;
-        tracing::info!(source = %s.name, files = out.files.len(), rows = out.num_rows(), bad = out.bad_records.len(), "source read");
+        let out = rt.block_on(read_source(s, &window))?;
+        tracing::info!(source = %s.name(), files = out.files.len(), rows = out.num_rows(), bad = out.bad_records.len(), "source read");
         batches.extend(out.batches);
         bad.extend(out.bad_records);
     }
@@ -253,7 +255,6 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     let pb = progress("ingesting and metering");
     let frame = frame::build(&batches)?;
     drop(batches);
-    let windows = plan_windows(&cat, tz, as_of);
     let IngestOutput { usage, meter_ids, rejects, mut counts, events_read, events_used } = ingest::ingest(frame, &cat, &windows, as_of_us)?;
     if !bad.is_empty() {
         *counts.entry(Reason::InvalidEvent).or_insert(0) += bad.len() as u64;

@@ -21,6 +21,7 @@ pub mod error;
 pub mod file;
 mod rows;
 pub mod schema;
+pub mod source;
 pub mod store;
 
 pub use error::{ConnectorError, ErrorKind};
@@ -28,6 +29,7 @@ pub use file::{
     read_files, BadRecord, ColumnMapping, FileFormat, FileSourceConfig, SourceFile, SourceOutput,
 };
 pub use rows::MAX_BATCH_ROWS;
+pub use source::{read_source, ReadWindow, SourceConfig};
 pub use schema::{
     parse_timestamp_micros, ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT,
     SCHEMA_NAME, TIMESTAMP,
