@@ -50,6 +50,8 @@ pub struct CycleConfig {
     /// 1-based month within the interval (1 for MONTHLY and WEEKLY).
     pub month: u32,
     pub grace_days: u32,
+    /// Offsets come from each schedule's start date instead of `day` / `month`.
+    pub anniversary: bool,
 }
 
 /// Parse Togai's `startOffset` strings for an interval; `Err` says what was expected.
@@ -129,6 +131,25 @@ impl CycleConfig {
         }
     }
 
+    /// The configuration with offsets derived from an association date (anniversary cycles):
+    /// the date's weekday (WEEKLY) or day of month (`LAST` on a month's last day) and its month
+    /// within the interval.
+    pub fn anchored_at(&self, date: NaiveDate) -> CycleConfig {
+        let mut c = *self;
+        if !self.anniversary {
+            return c;
+        }
+        match self.interval {
+            Interval::Weekly => c.day = DayOffset::Day(date.weekday().number_from_monday()),
+            _ => {
+                let last = last_day_of_month(date.year(), date.month());
+                c.day = if date.day() == last { DayOffset::Last } else { DayOffset::Day(date.day()) };
+                c.month = date.month0() % self.interval.months() + 1;
+            }
+        }
+        c
+    }
+
     /// The first day on which the cycle ending at `end` is past its grace period.
     pub fn due_date(&self, end: NaiveDate) -> NaiveDate {
         end + Days::new(self.grace_days as u64)
@@ -166,7 +187,7 @@ mod tests {
         NaiveDate::from_ymd_opt(y, m, day).unwrap()
     }
     fn cfg(interval: Interval, day: DayOffset, month: u32) -> CycleConfig {
-        CycleConfig { interval, day, month, grace_days: 0 }
+        CycleConfig { interval, day, month, grace_days: 0, anniversary: false }
     }
 
     #[test]
@@ -192,6 +213,23 @@ mod tests {
         assert_eq!(q.cycle_containing(d(2026, 10, 1)), (d(2026, 8, 15), d(2026, 11, 15)));
         let a = cfg(Interval::Annually, DayOffset::Last, 2);
         assert_eq!(a.cycle_containing(d(2025, 1, 1)), (d(2024, 2, 29), d(2025, 2, 28)));
+    }
+
+    #[test]
+    fn anniversary_offsets_come_from_the_association_date() {
+        let mut m = cfg(Interval::Monthly, DayOffset::Day(1), 1);
+        m.anniversary = true;
+        let a = m.anchored_at(d(2026, 10, 31));
+        assert_eq!(a.day, DayOffset::Last);
+        assert_eq!(a.cycle_containing(d(2026, 11, 15)), (d(2026, 10, 31), d(2026, 11, 30)));
+        let mut q = cfg(Interval::Quarterly, DayOffset::Day(1), 1);
+        q.anniversary = true;
+        let a = q.anchored_at(d(2026, 3, 10));
+        assert_eq!((a.day, a.month), (DayOffset::Day(10), 3));
+        assert_eq!(a.cycle_containing(d(2026, 5, 1)), (d(2026, 3, 10), d(2026, 6, 10)));
+        let mut w = cfg(Interval::Weekly, DayOffset::Day(1), 1);
+        w.anniversary = true;
+        assert_eq!(w.anchored_at(d(2023, 10, 25)).day, DayOffset::Day(3));
     }
 
     #[test]

@@ -222,10 +222,26 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
     let mut aggs = Vec::new();
     for (i, m) in compiled.iter().enumerate() {
         let hit = col(format!("__hit_{i}"));
-        aggs.push(match m.aggregation {
-            Aggregation::Count => hit.cast(DataType::UInt64).sum().alias(format!("__q_{i}")),
-            Aggregation::Sum => when(hit).then(col(format!("__units_{i}"))).otherwise(lit(Null {}).cast(numeric::dtype(m.scale))).sum().alias(format!("__q_{i}")),
-        });
+        let q = format!("__q_{i}");
+        let counted = || when(col(format!("__hit_{i}"))).then(col(format!("__units_{i}"))).otherwise(lit(Null {}));
+        match m.aggregation {
+            Aggregation::Count => aggs.push(hit.cast(DataType::UInt64).sum().alias(q)),
+            Aggregation::Sum => aggs.push(counted().sum().alias(q)),
+            Aggregation::Max => aggs.push(counted().max().alias(q)),
+            Aggregation::Min => aggs.push(counted().min().alias(q)),
+            Aggregation::Average => {
+                aggs.push(counted().sum().alias(q));
+                aggs.push(hit.cast(DataType::UInt64).sum().alias(format!("__n_{i}")));
+            }
+            Aggregation::UniqueCount => aggs.push(counted().drop_nulls().n_unique().cast(DataType::UInt64).alias(q)),
+            Aggregation::Latest => aggs.push(
+                counted()
+                    .sort_by([col(TIMESTAMP), col(INGESTED_AT), col(SEQ)], SortMultipleOptions::default().with_nulls_last(false))
+                    .drop_nulls()
+                    .last()
+                    .alias(q),
+            ),
+        }
     }
     let used = df.clone().lazy().filter(col(REASON).eq(code(0)));
     let events_used = used.clone().select([len()]).collect()?.column("len")?.u32()?.get(0).unwrap_or(0) as u64;
@@ -237,12 +253,23 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
             let q = agg.column(&format!("__q_{i}"))?;
             for row in 0..agg.height() {
                 let Some(w) = wins.get(row) else { continue };
+                let overflow = || IngestError::Overflow { meter: m.meter_id.clone(), window: w };
                 let value = match m.aggregation {
-                    Aggregation::Count => q.u64()?.get(row).map(Decimal::from),
-                    Aggregation::Sum => match q.decimal()?.physical().get(row) {
+                    Aggregation::Count | Aggregation::UniqueCount => q.u64()?.get(row).map(Decimal::from),
+                    Aggregation::Sum | Aggregation::Max | Aggregation::Min | Aggregation::Latest => match q.decimal()?.physical().get(row) {
                         None => None,
-                        Some(v) => Some(numeric::to_decimal(v, m.scale).ok_or(IngestError::Overflow { meter: m.meter_id.clone(), window: w })?),
+                        Some(v) => Some(numeric::to_decimal(v, m.scale).ok_or_else(overflow)?),
                     },
+                    Aggregation::Average => {
+                        let n = agg.column(&format!("__n_{i}"))?.u64()?.get(row).unwrap_or(0);
+                        match (q.decimal()?.physical().get(row), n) {
+                            (Some(sum), n) if n > 0 => {
+                                let avg = numeric::div4(sum, m.scale, n as i128, 0).ok_or_else(overflow)?;
+                                Some(numeric::to_decimal(avg, 4).ok_or_else(overflow)?)
+                            }
+                            _ => None,
+                        }
+                    }
                 };
                 if let Some(v) = value {
                     usage.insert((w, m.meter_id.clone()), v);

@@ -13,10 +13,10 @@ use chrono::{Days, NaiveDate};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::catalog::{Catalog, PricingModel};
+use crate::catalog::{Catalog, Customer, FeeKind, FixedFeeCard, PricePlan, PricingModel, Timing};
 use crate::config::Organization;
 use crate::ingest::Usage;
-use crate::money::{format_amount, format_exact, round_line, Currency};
+use crate::money::{format_amount, format_exact, round_line, round_ratio, Currency};
 use crate::rate::{rate_usage, CardCharge};
 use crate::windows::Window;
 
@@ -148,88 +148,175 @@ fn wrap(kind: &str, description: &str, value: &str, children: Vec<LineItem>) -> 
     l
 }
 
-/// Build the invoice of every window. Sequence numbers go to DUE invoices in order of
-/// (invoice date, account, start date), starting at 1.
+/// A fixed fee's line in a window, if the fee is charged in that window's cycle.
+/// RECURRING fees with proration on a partial window charge `rate × window days / cycle days`,
+/// rounded once from the exact ratio.
+fn fixed_fee_line(ff: &FixedFeeCard, w: &Window, cur: &Currency, org: &Organization) -> Option<(LineItem, Decimal)> {
+    if !ff.charged_in(w.cycle_index) {
+        return None;
+    }
+    let rate = *ff.rates.get(&cur.code)?;
+    let (days, cycle_days) = w.days();
+    let prorate = ff.proration && w.is_partial() && matches!(ff.kind, FeeKind::Recurring { .. });
+    let amount = if prorate {
+        round_ratio(rate * Decimal::from(days), Decimal::from(cycle_days), cur, org.rounding)?
+    } else {
+        round_line(rate, cur, org.rounding)
+    };
+    let kind = match ff.timing {
+        Timing::InAdvance => "ADVANCED_FIXED_FEE",
+        Timing::InArrears => "FIXED_FEE_RATE_CARD_AMOUNT",
+    };
+    let mut line = LineItem::new(kind, &ff.display_name, format_amount(amount, cur));
+    line.id = Some(format!("ff.{}", ff.addon_id));
+    line.quantity = Some("1".into());
+    line.value_per_quantity = Some(format_exact(rate));
+    line.metadata.insert("addOnId".into(), ff.addon_id.clone());
+    line.metadata.insert("type".into(), match ff.kind { FeeKind::OneTime => "ONE_TIME", FeeKind::Recurring { .. } => "RECURRING" }.into());
+    if prorate {
+        line.metadata.insert("prorationFactor".into(), format!("{days}/{cycle_days}"));
+        line.metadata.insert("exactValue".into(), format_exact(rate * Decimal::from(days) / Decimal::from(cycle_days)));
+    }
+    Some((line, amount))
+}
+
+struct Parts<'a> {
+    w: &'a Window,
+    account: &'a crate::catalog::Account,
+    plan: &'a PricePlan,
+    customer: &'a Customer,
+}
+
+fn assemble(p: &Parts, org: &Organization, as_of: NaiveDate, advance: bool, tree: LineItem, usage_info: Vec<LineItem>, lines: Vec<(String, Decimal)>, total: Decimal) -> BuiltInvoice {
+    let (w, account, plan, customer) = (p.w, p.account, p.plan, p.customer);
+    let cur = &account.currency;
+    // the advance invoice is issued when its cycle starts, the arrears one when the grace period ends
+    let invoice_date = if advance { w.start } else { w.due };
+    let due = invoice_date <= as_of;
+    let net = account.net_term_days.unwrap_or(org.net_term_days);
+    let invoice = Invoice {
+        schema_version: SCHEMA_VERSION,
+        // (account, window start) is unique: schedules of an account never overlap
+        id: if advance { format!("inv.{}.{}.advance", w.account_id, w.start) } else { format!("inv.{}.{}", w.account_id, w.start) },
+        sequence_id: None,
+        status: if due { "DUE" } else { "DRAFT" },
+        invoice_class: "INVOICE",
+        invoice_type: if advance { "STANDARD_ADVANCED" } else { "STANDARD" },
+        customer_id: account.customer_id.clone(),
+        account_id: account.id.clone(),
+        owner_id: account.id.clone(),
+        price_plan_id: plan.id.clone(),
+        schedule_id: w.schedule_id.clone(),
+        currency: cur.code.clone(),
+        start_date: w.start,
+        end_date: w.end,
+        end_date_inclusive: w.end.pred_opt().unwrap_or(w.end),
+        invoice_date,
+        due_date: invoice_date + Days::new(net as u64),
+        net_term_days: net,
+        total_amount: format_amount(total, cur),
+        usage_info,
+        revenue_info: tree,
+        invoice_details: InvoiceDetails {
+            organization: Party { id: String::new(), name: org.name.clone(), primary_email: org.email.clone(), address: org.address.clone() },
+            customer: Party { id: customer.id.clone(), name: customer.name.clone(), primary_email: customer.email.clone(), address: customer.address.clone() },
+            account: Party { id: account.id.clone(), name: account.name.clone(), primary_email: account.email.clone(), address: account.address.clone() },
+            price_plan_name: plan.name.clone(),
+        },
+    };
+    BuiltInvoice { invoice, currency: cur.clone(), total, lines, due }
+}
+
+/// Build the invoices of every window: the arrears (STANDARD) invoice, and a STANDARD_ADVANCED
+/// invoice when in-advance fees are charged in the window. Sequence numbers go to DUE invoices
+/// in order of (invoice date, account, start date, id), starting at 1.
 pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window], usage: &Usage, as_of: NaiveDate) -> Vec<BuiltInvoice> {
     let mut out = Vec::new();
     for w in windows {
         let (Some(account), Some(plan)) = (catalog.accounts.get(&w.account_id), catalog.plans.get(&w.plan_id)) else { continue };
         let customer = catalog.customers.get(&account.customer_id).cloned().unwrap_or_default();
+        let parts = Parts { w, account, plan, customer: &customer };
         let cur = &account.currency;
-        let mut cards = Vec::new();
+
+        // arrears: usage cards, arrears fixed fees, minimum commitment true-up
+        let has_arrears = !plan.usage_cards.is_empty()
+            || plan.minimum_commitment.is_some()
+            || plan.fixed_fee_cards.iter().any(|f| f.timing == Timing::InArrears);
+        if has_arrears {
+            let mut cards = Vec::new();
+            let mut lines = Vec::new();
+            let mut usage_info = Vec::new();
+            let mut subtotal = Decimal::ZERO;
+            for card in &plan.usage_cards {
+                let Some(rates) = card.rates.get(&cur.code) else { continue };
+                let q = usage.get(&(w.id, card.meter_id.clone())).copied().unwrap_or(Decimal::ZERO);
+                let ch = rate_usage(card, rates, q);
+                let (line, amount) = card_line(format!("urc.{}", card.meter_id), &card.display_name, &card.meter_id, card.model, &ch, cur, org);
+                subtotal += amount;
+                lines.push((card.display_name.clone(), amount));
+                cards.push(line);
+                let meter_name = catalog.meters.get(&card.meter_id).map(|m| m.display_name.clone()).unwrap_or_default();
+                if !usage_info.iter().any(|u: &LineItem| u.id.as_deref() == Some(&card.meter_id)) {
+                    let mut u = LineItem::new("USAGE_METER_USAGE", meter_name, format_exact(q));
+                    u.id = Some(card.meter_id.clone());
+                    u.quantity = Some(format_exact(q));
+                    usage_info.push(u);
+                }
+            }
+            for ff in plan.fixed_fee_cards.iter().filter(|f| f.timing == Timing::InArrears) {
+                if let Some((line, amount)) = fixed_fee_line(ff, w, cur, org) {
+                    subtotal += amount;
+                    lines.push((ff.display_name.clone(), amount));
+                    cards.push(line);
+                }
+            }
+            let sub_v = format_amount(subtotal, cur);
+            let mut plan_children = vec![wrap("SUB_TOTAL_AMOUNT", "Subtotal", &sub_v, cards)];
+            let mut total = subtotal;
+            if let Some(mc) = &plan.minimum_commitment {
+                if let Some(rate) = mc.rates.get(&cur.code) {
+                    let commitment = round_line(*rate, cur, org.rounding);
+                    let true_up = (commitment - subtotal).max(Decimal::ZERO);
+                    if true_up > Decimal::ZERO {
+                        let mut l = LineItem::new("TRUE_UP_AMOUNT", &mc.display_name, format_amount(true_up, cur));
+                        l.metadata.insert("minimumCommitment".into(), format_amount(commitment, cur));
+                        plan_children.push(l);
+                        lines.push((mc.display_name.clone(), true_up));
+                        total += true_up;
+                    }
+                }
+            }
+            let v = format_amount(total, cur);
+            let tree = wrap("GRAND_TOTAL_AMOUNT", "Grand total", &v, vec![wrap("TOTAL_AMOUNT", "Total", &v, vec![wrap("NET_AMOUNT", "Net amount", &v, vec![wrap(
+                "GROSS_AMOUNT",
+                "Gross amount",
+                &v,
+                vec![wrap("PRICE_PLAN_AMOUNT", &plan.name, &v, plan_children)],
+            )])])]);
+            out.push(assemble(&parts, org, as_of, false, tree, usage_info, lines, total));
+        }
+
+        // in advance: a separate invoice at the start of the cycle
+        let mut adv = Vec::new();
         let mut lines = Vec::new();
-        let mut usage_info = Vec::new();
-        let mut subtotal = Decimal::ZERO;
-        for card in &plan.usage_cards {
-            let Some(rates) = card.rates.get(&cur.code) else { continue };
-            let q = usage.get(&(w.id, card.meter_id.clone())).copied().unwrap_or(Decimal::ZERO);
-            let ch = rate_usage(card, rates, q);
-            let (line, amount) = card_line(format!("urc.{}", card.meter_id), &card.display_name, &card.meter_id, card.model, &ch, cur, org);
-            subtotal += amount;
-            lines.push((card.display_name.clone(), amount));
-            cards.push(line);
-            let meter_name = catalog.meters.get(&card.meter_id).map(|m| m.display_name.clone()).unwrap_or_default();
-            if !usage_info.iter().any(|u: &LineItem| u.id.as_deref() == Some(&card.meter_id)) {
-                let mut u = LineItem::new("USAGE_METER_USAGE", meter_name, format_exact(q));
-                u.id = Some(card.meter_id.clone());
-                u.quantity = Some(format_exact(q));
-                usage_info.push(u);
+        let mut total = Decimal::ZERO;
+        for ff in plan.fixed_fee_cards.iter().filter(|f| f.timing == Timing::InAdvance) {
+            if let Some((line, amount)) = fixed_fee_line(ff, w, cur, org) {
+                total += amount;
+                lines.push((ff.display_name.clone(), amount));
+                adv.push(line);
             }
         }
-        for ff in &plan.fixed_fee_cards {
-            let Some(rate) = ff.rates.get(&cur.code) else { continue };
-            let amount = round_line(*rate, cur, org.rounding);
-            let mut line = LineItem::new("FIXED_FEE_RATE_CARD_AMOUNT", &ff.display_name, format_amount(amount, cur));
-            line.id = Some(format!("ff.{}", ff.addon_id));
-            line.quantity = Some("1".into());
-            line.value_per_quantity = Some(format_exact(*rate));
-            line.metadata.insert("addOnId".into(), ff.addon_id.clone());
-            subtotal += amount;
-            lines.push((ff.display_name.clone(), amount));
-            cards.push(line);
+        if !adv.is_empty() {
+            let v = format_amount(total, cur);
+            let tree = wrap("GRAND_TOTAL_AMOUNT", "Grand total", &v, vec![wrap("TOTAL_AMOUNT", "Total", &v, vec![wrap("NET_AMOUNT", "Net amount", &v, vec![wrap(
+                "GROSS_AMOUNT",
+                "Gross amount",
+                &v,
+                vec![wrap("TOTAL_ADVANCED_FEES", "Fees in advance", &v, adv)],
+            )])])]);
+            out.push(assemble(&parts, org, as_of, true, tree, Vec::new(), lines, total));
         }
-        let total = subtotal;
-        let v = format_amount(total, cur);
-        let tree = wrap("GRAND_TOTAL_AMOUNT", "Grand total", &v, vec![wrap("TOTAL_AMOUNT", "Total", &v, vec![wrap("NET_AMOUNT", "Net amount", &v, vec![wrap(
-            "GROSS_AMOUNT",
-            "Gross amount",
-            &v,
-            vec![wrap("PRICE_PLAN_AMOUNT", &plan.name, &v, vec![wrap("SUB_TOTAL_AMOUNT", "Subtotal", &v, cards)])],
-        )])])]);
-        let due = w.due <= as_of;
-        let net = account.net_term_days.unwrap_or(org.net_term_days);
-        let invoice_date = w.due;
-        let invoice = Invoice {
-            schema_version: SCHEMA_VERSION,
-            // (account, window start) is unique: schedules of an account never overlap
-            id: format!("inv.{}.{}", w.account_id, w.start),
-            sequence_id: None,
-            status: if due { "DUE" } else { "DRAFT" },
-            invoice_class: "INVOICE",
-            invoice_type: "STANDARD",
-            customer_id: account.customer_id.clone(),
-            account_id: account.id.clone(),
-            owner_id: account.id.clone(),
-            price_plan_id: plan.id.clone(),
-            schedule_id: w.schedule_id.clone(),
-            currency: cur.code.clone(),
-            start_date: w.start,
-            end_date: w.end,
-            end_date_inclusive: w.end.pred_opt().unwrap_or(w.end),
-            invoice_date,
-            due_date: invoice_date + Days::new(net as u64),
-            net_term_days: net,
-            total_amount: v.clone(),
-            usage_info,
-            revenue_info: tree,
-            invoice_details: InvoiceDetails {
-                organization: Party { id: String::new(), name: org.name.clone(), primary_email: org.email.clone(), address: org.address.clone() },
-                customer: Party { id: customer.id.clone(), name: customer.name.clone(), primary_email: customer.email.clone(), address: customer.address.clone() },
-                account: Party { id: account.id.clone(), name: account.name.clone(), primary_email: account.email.clone(), address: account.address.clone() },
-                price_plan_name: plan.name.clone(),
-            },
-        };
-        out.push(BuiltInvoice { invoice, currency: cur.clone(), total, lines, due });
     }
     let mut order: Vec<usize> = (0..out.len()).filter(|i| out[*i].due).collect();
     order.sort_by(|a, b| {

@@ -390,7 +390,7 @@ pub struct CompiledMeter {
     pub aggregation: Aggregation,
     /// Non-null boolean: the meter counts this event.
     pub hit: Expr,
-    /// SUM meters: the event's units (null where the computation gives no number).
+    /// Meters that read units: the event's units (null where the computation gives none).
     pub units: Option<Expr>,
     pub scale: u32,
 }
@@ -424,6 +424,7 @@ pub fn compile_meter(m: &Meter, cols: &FrameColumns) -> Result<CompiledMeter, St
         let v = compile(&c.computation, cols)?;
         values.push(match v {
             Val::Num(_) | Val::Null => v,
+            Val::Str(e) if m.aggregation == Aggregation::UniqueCount => Val::Str(e),
             Val::Str(e) => Val::Num(str_to_num(e)),
             Val::Bool(_) => return Err("a computation must give a number".into()),
         });
@@ -434,6 +435,19 @@ pub fn compile_meter(m: &Meter, cols: &FrameColumns) -> Result<CompiledMeter, St
         return Ok(CompiledMeter { meter_id: m.id.clone(), aggregation: m.aggregation, hit, units: None, scale: 0 });
     }
     values.push(Val::Null);
+    let text_units = m.aggregation == Aggregation::UniqueCount && values.iter().any(|v| matches!(v, Val::Str(_)));
+    if text_units {
+        // distinct values of a text computation (e.g. a user id dimension)
+        let values = values.into_iter().map(|v| match v {
+            Val::Num(n) => at_scale(&n, scale_of(&n)).map(|e| Val::Str(e.cast(DataType::String))),
+            other => Ok(other),
+        }).collect::<Result<Vec<_>, _>>()?;
+        let units = match branch(conds, values)? {
+            Val::Str(e) => e,
+            _ => lit(Null {}).cast(DataType::String),
+        };
+        return Ok(CompiledMeter { meter_id: m.id.clone(), aggregation: m.aggregation, hit, units: Some(units), scale: 0 });
+    }
     let (units, scale) = match branch(conds, values)? {
         Val::Num(Num::Col { expr, scale }) => (expr, scale),
         Val::Num(Num::Const(d)) => (dec_lit(d.mantissa(), d.scale()), d.scale()),

@@ -82,6 +82,39 @@ pub fn round_line(amount: Decimal, currency: &Currency, mode: RoundingMode) -> D
     r
 }
 
+/// Round `numerator / denominator` to the currency's minor unit exactly: the division is done
+/// in integers, so a proration like `49 × 17 / 31` is rounded from its true value, never from
+/// a truncated quotient. `None` when the denominator is zero or the numbers are out of range.
+pub fn round_ratio(numerator: Decimal, denominator: Decimal, currency: &Currency, mode: RoundingMode) -> Option<Decimal> {
+    if denominator.is_zero() {
+        return None;
+    }
+    // n/d at scale u: q = n_m * 10^(u + sd - sn) / d_m, with n = n_m/10^sn, d = d_m/10^sd
+    let (nm, sn) = (numerator.mantissa(), numerator.scale() as i32);
+    let (dm, sd) = (denominator.mantissa(), denominator.scale() as i32);
+    let u = currency.minor_units as i32;
+    let e = u + sd - sn;
+    let (mut n, mut d) = (nm, dm);
+    if e >= 0 {
+        n = n.checked_mul(10i128.checked_pow(e as u32)?)?;
+    } else {
+        d = d.checked_mul(10i128.checked_pow((-e) as u32)?)?;
+    }
+    let (q, r) = (n / d, n % d);
+    let twice = r.unsigned_abs().checked_mul(2)?;
+    let away = (n < 0) != (d < 0);
+    let bump = match twice.cmp(&d.unsigned_abs()) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => match mode {
+            RoundingMode::HalfAwayFromZero => true,
+            RoundingMode::HalfEven => q % 2 != 0,
+        },
+    };
+    let q = if bump { if away { q - 1 } else { q + 1 } } else { q };
+    Decimal::try_from_i128_with_scale(q, currency.minor_units).ok()
+}
+
 /// Format an amount at the currency's scale ("12.50", "1200" for JPY, "0.125" for KWD).
 pub fn format_amount(amount: Decimal, currency: &Currency) -> String {
     let mut a = amount;
@@ -120,6 +153,20 @@ mod tests {
         let m = RoundingMode::HalfEven;
         assert_eq!(round_line(d("0.125"), &usd, m).to_string(), "0.12");
         assert_eq!(round_line(d("0.135"), &usd, m).to_string(), "0.14");
+    }
+
+    #[test]
+    fn ratios_round_from_their_true_value() {
+        let usd = Currency::new("USD").unwrap();
+        let m = RoundingMode::default();
+        // 49 × 17 / 31 = 26.870967… → 26.87
+        assert_eq!(round_ratio(d("833"), d("31"), &usd, m).unwrap().to_string(), "26.87");
+        // 0.25 / 2 = 0.125 exactly: a tie
+        assert_eq!(round_ratio(d("0.25"), d("2"), &usd, m).unwrap().to_string(), "0.13");
+        assert_eq!(round_ratio(d("0.25"), d("2"), &usd, RoundingMode::HalfEven).unwrap().to_string(), "0.12");
+        assert_eq!(round_ratio(d("-0.25"), d("2"), &usd, m).unwrap().to_string(), "-0.13");
+        assert_eq!(round_ratio(d("49"), d("1"), &usd, m).unwrap().to_string(), "49.00");
+        assert!(round_ratio(d("1"), d("0"), &usd, m).is_none());
     }
 
     #[test]

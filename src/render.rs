@@ -93,8 +93,13 @@ fn party(p: &crate::invoice::Party) -> PartyView {
     PartyView { name: p.name.clone(), email: p.primary_email.clone().unwrap_or_default(), address: address(&p.address) }
 }
 
+/// Is this line item a billed line (shown as a row), rather than a total that groups others?
+fn is_billed_line(kind: &str) -> bool {
+    kind.ends_with("RATE_CARD_AMOUNT") || kind.starts_with("ADVANCED_") || kind == "TRUE_UP_AMOUNT"
+}
+
 fn rate_card_lines(li: &LineItem, out: &mut Vec<LineView>) {
-    if li.kind.ends_with("RATE_CARD_AMOUNT") {
+    if is_billed_line(&li.kind) {
         let details = li
             .line_items
             .iter()

@@ -25,12 +25,19 @@ struct Hand {
 struct HandInvoice {
     account: String,
     start_date: String,
+    /// STANDARD (default) or STANDARD_ADVANCED.
+    #[serde(default = "standard", rename = "type")]
+    invoice_type: String,
     status: String,
     total: String,
     #[serde(default)]
     lines: BTreeMap<String, String>,
     #[serde(default)]
     usage: BTreeMap<String, String>,
+}
+
+fn standard() -> String {
+    "STANDARD".into()
 }
 
 /// Scenario folders under the given paths: a folder with `billrun.toml`, or its subfolders.
@@ -82,13 +89,13 @@ fn check_hand(dir: &Path, report: &RunReport, problems: &mut Vec<String>) {
     };
     let mut seen = 0;
     for h in &hand.invoice {
-        let Some(b) = report.invoices.iter().find(|b| b.invoice.account_id == h.account && b.invoice.start_date.to_string() == h.start_date) else {
-            problems.push(format!("hand.toml: no invoice for account {} starting {}", h.account, h.start_date));
+        let Some(b) = report.invoices.iter().find(|b| b.invoice.account_id == h.account && b.invoice.start_date.to_string() == h.start_date && b.invoice.invoice_type == h.invoice_type) else {
+            problems.push(format!("hand.toml: no {} invoice for account {} starting {}", h.invoice_type, h.account, h.start_date));
             continue;
         };
         seen += 1;
         let inv = &b.invoice;
-        let who = format!("invoice {} {}", h.account, h.start_date);
+        let who = format!("{} invoice {} {}", h.invoice_type, h.account, h.start_date);
         if inv.status != h.status {
             problems.push(format!("{who}: status {} (hand: {})", inv.status, h.status));
         }

@@ -40,10 +40,41 @@ impl jsonlogic::Scope for EventSchema {
     }
 }
 
+/// How a meter turns its events' units into one quantity per window. COUNT and SUM are
+/// Togai's; the others are billrun extensions (documented in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Aggregation {
     Count,
     Sum,
+    /// Largest units of a counted event.
+    Max,
+    /// Smallest units of a counted event.
+    Min,
+    /// SUM / COUNT, keeping 4 decimals, half-up (like JSON-logic division).
+    Average,
+    /// Number of distinct values of the computation (numbers or text, e.g. a user id).
+    UniqueCount,
+    /// Units of the counted event with the latest timestamp (ties: the later arrival).
+    Latest,
+}
+
+impl Aggregation {
+    pub fn parse(s: &str) -> Option<Aggregation> {
+        Some(match s {
+            "COUNT" => Aggregation::Count,
+            "SUM" => Aggregation::Sum,
+            "MAX" => Aggregation::Max,
+            "MIN" => Aggregation::Min,
+            "AVERAGE" => Aggregation::Average,
+            "UNIQUE_COUNT" => Aggregation::UniqueCount,
+            "LATEST" => Aggregation::Latest,
+            _ => return None,
+        })
+    }
+    /// Does the aggregation read the computation's value (not just whether an event matched)?
+    pub fn needs_units(self) -> bool {
+        !matches!(self, Aggregation::Count)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -139,11 +170,48 @@ pub struct UsageCard {
     pub rates: BTreeMap<String, CardRates>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timing {
+    /// Billed on the cycle's arrears invoice, after the cycle (and its grace period).
+    InArrears,
+    /// Billed on a separate STANDARD_ADVANCED invoice at the start of the cycle.
+    InAdvance,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeeKind {
+    /// Charged once, in the schedule's first cycle.
+    OneTime,
+    /// Charged in cycle k (0 = the schedule's first) iff k ≥ offset and (k − offset) mod interval = 0.
+    Recurring { interval: u32, offset: u32 },
+}
+
 #[derive(Debug, Clone)]
 pub struct FixedFeeCard {
     pub display_name: String,
     pub addon_id: String,
     pub tag: Option<String>,
+    pub rates: BTreeMap<String, Decimal>,
+    pub timing: Timing,
+    pub kind: FeeKind,
+    /// Charge `rate × days in the window / days in the cycle` on partial cycles.
+    pub proration: bool,
+}
+
+impl FixedFeeCard {
+    /// Is the fee charged in the schedule's cycle number `k` (0-based)?
+    pub fn charged_in(&self, k: u32) -> bool {
+        match self.kind {
+            FeeKind::OneTime => k == 0,
+            FeeKind::Recurring { interval, offset } => k >= offset && (k - offset) % interval.max(1) == 0,
+        }
+    }
+}
+
+/// A plan's minimum commitment: the arrears subtotal is trued up to it.
+#[derive(Debug, Clone)]
+pub struct MinimumCommitment {
+    pub display_name: String,
     pub rates: BTreeMap<String, Decimal>,
 }
 
@@ -155,6 +223,7 @@ pub struct PricePlan {
     pub currencies: Vec<String>,
     pub usage_cards: Vec<UsageCard>,
     pub fixed_fee_cards: Vec<FixedFeeCard>,
+    pub minimum_commitment: Option<MinimumCommitment>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -439,17 +508,9 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
             d.push(o.diag("eventSchemaName", format!("unknown event schema `{}`", m.event_schema_name)));
             continue;
         };
-        let aggregation = match m.aggregation.as_str() {
-            "COUNT" => Aggregation::Count,
-            "SUM" => Aggregation::Sum,
-            "MAX" | "MIN" | "AVERAGE" | "UNIQUE_COUNT" | "LATEST" => {
-                d.push(o.diag("aggregation", format!("aggregation {} is not supported yet (COUNT, SUM)", m.aggregation)));
-                continue;
-            }
-            other => {
-                d.push(o.diag("aggregation", format!("unknown aggregation `{other}`, expected COUNT or SUM")));
-                continue;
-            }
+        let Some(aggregation) = Aggregation::parse(&m.aggregation) else {
+            d.push(o.diag("aggregation", format!("unknown aggregation `{}`, expected COUNT or SUM (or the extensions MAX, MIN, AVERAGE, UNIQUE_COUNT, LATEST)", m.aggregation)));
+            continue;
         };
         if let Some(k) = &m.kind {
             if k != "COUNTER" {
@@ -500,6 +561,7 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
             let computation = match jsonlogic::parse_rule(&c.computation, schema) {
                 Ok(a) => match jsonlogic::kind(&a) {
                     Ok(Kind::Num) | Ok(Kind::Null) => a,
+                    Ok(Kind::Str) if aggregation == Aggregation::UniqueCount => a,
                     Ok(k) => {
                         d.push(o.diag(&format!("{sub}.computation"), format!("a computation must give a number, this one gives {k:?}")));
                         continue;
@@ -517,8 +579,8 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
             comps.push(Computation { order: c.order, matcher, computation });
         }
         comps.sort_by_key(|c| c.order);
-        if aggregation == Aggregation::Sum && comps.is_empty() {
-            d.push(o.diag("computations", "a SUM meter needs a computation (e.g. {\"var\": \"attribute.x\"})"));
+        if aggregation.needs_units() && comps.is_empty() {
+            d.push(o.diag("computations", format!("a {} meter needs a computation (e.g. {{\"var\": \"attribute.x\"}})", m.aggregation)));
         }
         let display_name = m.billable_name.clone().or(m.display_name.clone()).unwrap_or_else(|| m.name.clone());
         let meter = Meter { id: m.id.clone(), name: m.name, display_name, aggregation, schema: m.event_schema_name, filters, computations: comps };
@@ -713,17 +775,13 @@ fn validate_cycle(o: &Origin, sub: &str, c: &RawPricingCycleConfig, d: &mut Diag
         d.push(o.diag(&format!("{sub}.interval"), format!("unknown interval `{}`, expected WEEKLY, MONTHLY, QUARTERLY, HALF_YEARLY or ANNUALLY", c.interval)));
         return None;
     };
-    if c.anniversary_cycle == Some(true) {
-        d.push(o.diag(&format!("{sub}.anniversaryCycle"), "anniversary cycles are not supported yet"));
-        return None;
-    }
     let text = |v: &Value| doc::number_text(v).or_else(|| v.as_str().map(str::to_string));
     let (day, month) = match &c.start_offset {
         None => ("1".to_string(), None),
         Some(s) => (text(&s.day_offset).unwrap_or_default(), s.month_offset.as_ref().and_then(text)),
     };
     match parse_offsets(interval, &day, month.as_deref()) {
-        Ok((day, month)) => Some(CycleConfig { interval, day, month, grace_days: c.grace_period }),
+        Ok((day, month)) => Some(CycleConfig { interval, day, month, grace_days: c.grace_period, anniversary: c.anniversary_cycle == Some(true) }),
         Err(e) => {
             d.push(o.diag(&format!("{sub}.startOffset"), e));
             None
@@ -748,6 +806,7 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
     }
     let mut usage = Vec::new();
     let mut fixed = Vec::new();
+    let mut minimum: Option<(String, Option<String>, Value)> = None;
     let (cycle_raw, currencies, cycle_sub) = match (&p.rate_cards, &p.price_plan_details) {
         (Some(cards), None) => {
             for (i, c) in cards.iter().enumerate() {
@@ -758,14 +817,13 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
                     ("billingEntitlementRateCard", det.billing_entitlement_rate_card.is_some()),
                     ("entitlementOverageRateCard", det.entitlement_overage_rate_card.is_some()),
                     ("creditGrantRateCard", det.credit_grant_rate_card.is_some()),
-                    ("minimumCommitmentRateCard", det.minimum_commitment_rate_card.is_some()),
                 ];
                 for (name, present) in unsupported {
                     if present {
                         d.push(o.diag(&format!("{sub}.rateCardDetails.{name}"), format!("{name} rate cards are not supported yet")));
                     }
                 }
-                let present = [det.usage_rate_card.is_some(), det.fixed_fee_rate_card.is_some()].iter().filter(|x| **x).count()
+                let present = [det.usage_rate_card.is_some(), det.fixed_fee_rate_card.is_some(), det.minimum_commitment_rate_card.is_some()].iter().filter(|x| **x).count()
                     + unsupported.iter().filter(|x| x.1).count();
                 if present != 1 {
                     d.push(o.diag(&format!("{sub}.rateCardDetails"), "exactly one rate card detail is required"));
@@ -774,8 +832,15 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
                 match (c.kind.as_str(), &det.usage_rate_card, &det.fixed_fee_rate_card) {
                     ("USAGE", Some(u), _) => usage.push((format!("{sub}.rateCardDetails.usageRateCard"), c.display_name.clone().or(c.name.clone()), c.tag.clone(), u)),
                     ("FIXED_FEE", _, Some(f)) => fixed.push((format!("{sub}.rateCardDetails.fixedFeeRateCard"), c.display_name.clone().or(c.name.clone()), c.tag.clone(), f)),
-                    ("USAGE" | "FIXED_FEE", _, _) => d.push(o.diag(&format!("{sub}.type"), format!("type {} does not match its rateCardDetails", c.kind))),
-                    ("LICENSE" | "BILLING_ENTITLEMENT" | "ENTITLEMENT_OVERAGE" | "CREDIT_GRANT" | "MINIMUM_COMMITMENT", _, _) => {}
+                    ("MINIMUM_COMMITMENT", _, _) if det.minimum_commitment_rate_card.is_some() => {
+                        let sub = format!("{sub}.rateCardDetails.minimumCommitmentRateCard");
+                        if minimum.is_some() {
+                            d.push(o.diag(&sub, "a price plan has at most one minimum commitment"));
+                        }
+                        minimum = Some((sub, c.display_name.clone().or(c.name.clone()), det.minimum_commitment_rate_card.clone().expect("checked")));
+                    }
+                    ("USAGE" | "FIXED_FEE" | "MINIMUM_COMMITMENT", _, _) => d.push(o.diag(&format!("{sub}.type"), format!("type {} does not match its rateCardDetails", c.kind))),
+                    ("LICENSE" | "BILLING_ENTITLEMENT" | "ENTITLEMENT_OVERAGE" | "CREDIT_GRANT", _, _) => {}
                     (other, _, _) => d.push(o.diag(&format!("{sub}.type"), format!("unknown rate card type `{other}`"))),
                 }
             }
@@ -787,11 +852,13 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
                 ("billingEntitlementRateCards", det.billing_entitlement_rate_cards.len()),
                 ("entitlementOverageRateCards", det.entitlement_overage_rate_cards.len()),
                 ("creditGrantRateCards", det.credit_grant_rate_cards.len()),
-                ("minimumCommitment", det.minimum_commitment.iter().filter(|v| !v.is_null()).count()),
             ] {
                 if n > 0 {
                     d.push(o.diag(&format!("pricePlanDetails.{name}"), format!("{name} are not supported yet")));
                 }
+            }
+            if let Some(m) = det.minimum_commitment.as_ref().filter(|v| !v.is_null()) {
+                minimum = Some(("pricePlanDetails.minimumCommitment".into(), None, m.clone()));
             }
             for (i, u) in det.usage_rate_cards.iter().enumerate() {
                 usage.push((format!("pricePlanDetails.usageRateCards[{i}]"), None, None, u));
@@ -838,29 +905,56 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
         if addon.kind != "FIXED_FEE" {
             d.push(o.diag(&format!("{sub}.id"), format!("add-on `{}` is a {}, not a FIXED_FEE", f.id, addon.kind)));
         }
-        if let Some(t) = f.invoice_timing.as_deref().filter(|t| *t != "IN_ARREARS") {
-            d.push(o.diag(&format!("{sub}.invoiceTiming"), format!("{t} fixed fees are not supported yet (IN_ARREARS)")));
-        }
-        if let Some(t) = f.kind.as_deref().filter(|t| *t != "RECURRING") {
-            d.push(o.diag(&format!("{sub}.type"), format!("{t} fixed fees are not supported yet (RECURRING)")));
-        }
-        if f.enable_proration {
-            d.push(o.diag(&format!("{sub}.enableProration"), "proration is not supported yet"));
-        }
-        if let Some(r) = &f.recurrence_config {
-            if r.interval.unwrap_or(1) != 1 || r.offset.unwrap_or(0) != 0 {
-                d.push(o.diag(&format!("{sub}.recurrenceConfig"), "recurrenceConfig other than every cycle is not supported yet"));
+        let timing = match f.invoice_timing.as_deref() {
+            None | Some("IN_ARREARS") => Timing::InArrears,
+            Some("IN_ADVANCE") => Timing::InAdvance,
+            Some("PREPAID") => {
+                d.push(o.diag(&format!("{sub}.invoiceTiming"), "PREPAID fixed fees are not supported yet"));
+                Timing::InArrears
             }
+            Some(t) => {
+                d.push(o.diag(&format!("{sub}.invoiceTiming"), format!("unknown invoice timing `{t}`, expected IN_ADVANCE or IN_ARREARS")));
+                Timing::InArrears
+            }
+        };
+        let (interval, offset) = match &f.recurrence_config {
+            None => (1, 0),
+            Some(r) => (r.interval.unwrap_or(1), r.offset.unwrap_or(0)),
+        };
+        if interval < 1 || offset < 0 || interval > u32::MAX as i64 || offset > u32::MAX as i64 {
+            d.push(o.diag(&format!("{sub}.recurrenceConfig"), "interval must be at least 1 and offset at least 0"));
         }
+        let kind = match f.kind.as_deref() {
+            None | Some("RECURRING") => FeeKind::Recurring { interval: interval.max(1) as u32, offset: offset.max(0) as u32 },
+            Some("ONE_TIME") => FeeKind::OneTime,
+            Some(t) => {
+                d.push(o.diag(&format!("{sub}.type"), format!("unknown fixed fee type `{t}`, expected ONE_TIME or RECURRING")));
+                FeeKind::OneTime
+            }
+        };
         let rates = rate_map(o, &sub, f.rate_values.iter().map(|r| (r.currency.clone(), r.rate.0)), &currencies, d);
         fixed_fee_cards.push(FixedFeeCard {
             display_name: name.or(f.display_name.clone()).or(f.name.clone()).unwrap_or_else(|| addon.display_name.clone()),
             addon_id: f.id.clone(),
             tag: tag.or(f.tag.clone()),
             rates,
+            timing,
+            kind,
+            proration: f.enable_proration,
         });
     }
-    Some(PricePlan { id: p.id, name: p.name, cycle: cycle?, currencies, usage_cards, fixed_fee_cards })
+    let minimum_commitment = minimum.and_then(|(sub, name, v)| {
+        let m: RawMinimumCommitment = match serde_json::from_value(v) {
+            Ok(m) => m,
+            Err(e) => {
+                d.push(o.diag(&sub, e.to_string().replace("$decimal", "number")));
+                return None;
+            }
+        };
+        let rates = rate_map(o, &sub, m.rate_values.iter().map(|r| (r.currency.clone(), r.rate.0)), &currencies, d);
+        Some(MinimumCommitment { display_name: name.or(m.display_name).unwrap_or_else(|| "Minimum commitment".into()), rates })
+    });
+    Some(PricePlan { id: p.id, name: p.name, cycle: cycle?, currencies, usage_cards, fixed_fee_cards, minimum_commitment })
 }
 
 fn rate_map(o: &Origin, sub: &str, values: impl Iterator<Item = (String, Decimal)>, currencies: &[String], d: &mut Diagnostics) -> BTreeMap<String, Decimal> {

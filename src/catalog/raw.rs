@@ -491,3 +491,13 @@ pub struct RawSchedule {
     #[serde(default)]
     pub is_overriden: Option<bool>,
 }
+
+/// Togai's `MinimumCommitment` (v1 `pricePlanDetails.minimumCommitment`, v2
+/// `rateCardDetails.minimumCommitmentRateCard`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMinimumCommitment {
+    #[serde(default)]
+    pub display_name: Option<String>,
+    pub rate_values: Vec<RawCurrencyRateValue>,
+}
