@@ -93,6 +93,8 @@ pub struct IngestOutput {
     pub counts: BTreeMap<Reason, u64>,
     pub events_read: u64,
     pub events_used: u64,
+    /// Events used, per window.
+    pub used_by_window: BTreeMap<u32, u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,10 +247,18 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
     }
     let used = df.clone().lazy().filter(col(REASON).eq(code(0)));
     let events_used = used.clone().select([len()]).collect()?.column("len")?.u32()?.get(0).unwrap_or(0) as u64;
-    let agg = if aggs.is_empty() { None } else { Some(used.group_by([col(WINDOW)]).agg(aggs).collect()?) };
+    aggs.push(len().cast(DataType::UInt64).alias("__events"));
+    let agg = used.group_by([col(WINDOW)]).agg(aggs).collect()?;
     let mut usage = Usage::new();
-    if let Some(agg) = agg {
+    let mut used_by_window = BTreeMap::new();
+    {
         let wins = agg.column(WINDOW)?.u32()?.clone();
+        let events = agg.column("__events")?.u64()?.clone();
+        for row in 0..agg.height() {
+            if let (Some(w), Some(n)) = (wins.get(row), events.get(row)) {
+                used_by_window.insert(w, n);
+            }
+        }
         for (i, m) in compiled.iter().enumerate() {
             let q = agg.column(&format!("__q_{i}"))?;
             for row in 0..agg.height() {
@@ -286,5 +296,5 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
         }
     }
     let meter_ids = compiled.iter().map(|m| m.meter_id.clone()).collect();
-    Ok(IngestOutput { usage, meter_ids, rejects, counts, events_read, events_used })
+    Ok(IngestOutput { usage, meter_ids, rejects, counts, events_read, events_used, used_by_window })
 }

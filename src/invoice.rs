@@ -175,7 +175,8 @@ fn fixed_fee_line(ff: &FixedFeeCard, w: &Window, cur: &Currency, org: &Organizat
     line.metadata.insert("type".into(), match ff.kind { FeeKind::OneTime => "ONE_TIME", FeeKind::Recurring { .. } => "RECURRING" }.into());
     if prorate {
         line.metadata.insert("prorationFactor".into(), format!("{days}/{cycle_days}"));
-        line.metadata.insert("exactValue".into(), format_exact(rate * Decimal::from(days) / Decimal::from(cycle_days)));
+        // the exact prorated value is a fraction (e.g. 686/31): shown as one, never as a truncated decimal
+        line.metadata.insert("exactValue".into(), format!("{}/{cycle_days}", format_exact(rate * Decimal::from(days))));
     }
     Some((line, amount))
 }

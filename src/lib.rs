@@ -6,6 +6,7 @@ pub mod config;
 pub mod cycles;
 pub mod diag;
 pub mod doc;
+pub mod explain;
 pub mod frame;
 pub mod ingest;
 pub mod invoice;

@@ -41,6 +41,22 @@ enum Command {
         #[arg(short, long, default_value = "billrun.toml")]
         config: PathBuf,
     },
+    /// Explain how an account's invoices for one cycle were computed (writes nothing).
+    Explain {
+        #[arg(short, long, default_value = "billrun.toml")]
+        config: PathBuf,
+        /// The account id.
+        #[arg(long)]
+        account: String,
+        /// Any date inside the cycle (YYYY-MM-DD), e.g. its first day.
+        #[arg(long, value_parser = parse_date)]
+        cycle: NaiveDate,
+        #[arg(long, value_parser = parse_date)]
+        as_of: Option<NaiveDate>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run scenario folders and compare with their expected/ outputs.
     Test {
         /// Scenario folders, or folders containing them.
@@ -64,7 +80,7 @@ fn fail(e: RunError) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `billrun test` runs many bill runs: only their errors are interesting there.
-    let default_filter = if matches!(cli.command, Command::Test { .. }) { "error" } else { "billrun=info,warn" };
+    let default_filter = if matches!(cli.command, Command::Test { .. } | Command::Explain { .. }) { "error" } else { "billrun=info,warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -105,6 +121,23 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        Command::Explain { config, account, cycle, as_of, json } => {
+            match billrun::explain::explain(&RunOptions { config, as_of, ..Default::default() }, &account, cycle) {
+                Ok(v) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+                    } else {
+                        print!("{}", billrun::explain::to_text(&v));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(billrun::explain::ExplainError::Run(e)) => fail(e),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Test { paths, bless } => {
             let (_, failed) = billrun::scenario::run_scenarios(&paths, bless);
             if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }

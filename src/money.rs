@@ -169,6 +169,20 @@ mod tests {
         assert!(round_ratio(d("1"), d("0"), &usd, m).is_none());
     }
 
+    proptest::proptest! {
+        /// A prorated fee over a whole cycle (days = cycle days) is exactly the unprorated fee.
+        #[test]
+        fn whole_cycle_proration_equals_the_fee(cents in 0i64..10_000_000, scale in 0u32..4, days in 1i64..367, half_even in proptest::bool::ANY) {
+            let rate = Decimal::new(cents, scale);
+            let m = if half_even { RoundingMode::HalfEven } else { RoundingMode::HalfAwayFromZero };
+            for code in ["USD", "JPY", "KWD"] {
+                let c = Currency::new(code).unwrap();
+                let prorated = round_ratio(rate * Decimal::from(days), Decimal::from(days), &c, m).unwrap();
+                proptest::prop_assert_eq!(prorated, round_line(rate, &c, m));
+            }
+        }
+    }
+
     #[test]
     fn minor_units_follow_iso_4217() {
         let m = RoundingMode::default();

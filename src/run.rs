@@ -230,9 +230,24 @@ fn reject_lines(rejects: &DataFrame, bad: &[BadRecord], cat: &Catalog, meter_ids
     Ok(out)
 }
 
-/// Run the bill run described by `opts`.
-pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
-    let t0 = Instant::now();
+/// Everything a run computes before anything is written.
+pub struct Computed {
+    pub cfg: Config,
+    pub catalog: Catalog,
+    pub as_of: NaiveDate,
+    pub windows: Vec<crate::windows::Window>,
+    pub invoices: Vec<BuiltInvoice>,
+    pub rejects: DataFrame,
+    pub bad_records: Vec<BadRecord>,
+    pub meter_ids: Vec<String>,
+    pub counts: BTreeMap<Reason, u64>,
+    pub events_read: u64,
+    pub events_used: u64,
+    pub used_by_window: BTreeMap<u32, u64>,
+}
+
+/// Read, ingest, meter, rate and build invoices; no output is written.
+pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     let (cfg, cat) = load(&opts.config)?;
     let as_of = opts.as_of.or(cfg.as_of).ok_or_else(|| RunError::NoAsOf(opts.config.display().to_string()))?;
     let tz = cfg.organization.time_zone;
@@ -255,22 +270,31 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     let pb = progress("ingesting and metering");
     let frame = frame::build(&batches)?;
     drop(batches);
-    let IngestOutput { usage, meter_ids, rejects, mut counts, events_read, events_used } = ingest::ingest(frame, &cat, &windows, as_of_us)?;
+    let IngestOutput { usage, meter_ids, rejects, mut counts, events_read, events_used, used_by_window } = ingest::ingest(frame, &cat, &windows, as_of_us)?;
     if !bad.is_empty() {
         *counts.entry(Reason::InvalidEvent).or_insert(0) += bad.len() as u64;
     }
     let events_read = events_read + bad.len() as u64;
-    let rejected: u64 = counts.values().sum();
     drop(pb);
     for (r, n) in &counts {
         tracing::warn!(reason = r.as_str(), count = n, "events rejected");
     }
+    let invoices = build_invoices(&cat, &cfg.organization, &windows, &usage, as_of);
+    Ok(Computed { cfg, catalog: cat, as_of, windows, invoices, rejects, bad_records: bad, meter_ids, counts, events_read, events_used, used_by_window })
+}
+
+/// Run the bill run described by `opts`.
+pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
+    let t0 = Instant::now();
+    let c = compute(opts)?;
+    let rejected: u64 = c.counts.values().sum();
     if opts.strict && rejected > 0 {
         return Err(RunError::Strict(rejected));
     }
+    let Computed { cfg, catalog: cat, as_of, invoices, rejects, bad_records: bad, meter_ids, counts, events_read, events_used, .. } = c;
+    let tz = cfg.organization.time_zone;
 
-    let pb = progress("rating and rendering invoices");
-    let invoices = build_invoices(&cat, &cfg.organization, &windows, &usage, as_of);
+    let pb = progress("rendering invoices");
     let renderer = Renderer::new(cfg.templates_dir.as_deref())?;
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     for b in &invoices {

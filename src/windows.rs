@@ -80,3 +80,70 @@ pub fn plan_windows(catalog: &Catalog, tz: Tz, as_of: NaiveDate) -> Vec<Window> 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Account, PricePlan, Schedule};
+    use crate::cycles::{CycleConfig, DayOffset, Interval};
+    use crate::money::Currency;
+    use proptest::prelude::*;
+
+    fn plan(id: &str, day: u32) -> PricePlan {
+        PricePlan {
+            id: id.into(),
+            name: id.into(),
+            cycle: CycleConfig { interval: Interval::Monthly, day: DayOffset::Day(day), month: 1, grace_days: 3, anniversary: false },
+            currencies: vec!["USD".into()],
+            usage_cards: vec![],
+            fixed_fee_cards: vec![],
+            minimum_commitment: None,
+        }
+    }
+
+    fn catalog(schedules: Vec<Schedule>) -> Catalog {
+        let mut c = Catalog::default();
+        for p in [plan("pp.a", 5), plan("pp.b", 5)] {
+            c.plans.insert(p.id.clone(), p);
+        }
+        c.accounts.insert(
+            "A".into(),
+            Account {
+                id: "A".into(),
+                name: "A".into(),
+                customer_id: "c".into(),
+                currency: Currency::new("USD").unwrap(),
+                net_term_days: None,
+                email: None,
+                address: Default::default(),
+                aliases: vec![],
+                schedules,
+            },
+        );
+        c
+    }
+
+    fn sch(id: &str, plan: &str, start: NaiveDate, end: Option<NaiveDate>) -> Schedule {
+        Schedule { id: id.into(), plan_id: plan.into(), start, end }
+    }
+
+    proptest! {
+        /// A plan change on the first day of a cycle splits no cycle: the new plan's windows are
+        /// exactly those of a schedule that starts on that day, whole cycles only.
+        #[test]
+        fn a_change_on_a_cycle_start_splits_nothing(months_before in 1u32..14, months_after in 1u32..14) {
+            let change = NaiveDate::from_ymd_opt(2026, 10, 5).unwrap();
+            let start = crate::cycles::add_months(change, 0) - chrono::Months::new(months_before);
+            let end = crate::cycles::add_months(change, months_after);
+            let as_of = end + chrono::Days::new(10);
+            let tz = chrono_tz::UTC;
+            let split = plan_windows(&catalog(vec![sch("s1", "pp.a", start, Some(change)), sch("s2", "pp.b", change, Some(end))]), tz, as_of);
+            let whole = plan_windows(&catalog(vec![sch("s2", "pp.b", change, Some(end))]), tz, as_of);
+            let after: Vec<_> = split.iter().filter(|w| w.schedule_id == "s2").map(|w| (w.start, w.end, w.cycle_start, w.cycle_end, w.cycle_index, w.due)).collect();
+            let alone: Vec<_> = whole.iter().map(|w| (w.start, w.end, w.cycle_start, w.cycle_end, w.cycle_index, w.due)).collect();
+            prop_assert_eq!(&after, &alone);
+            prop_assert!(split.iter().all(|w| !w.is_partial()), "no partial window when both schedules align with cycles");
+            prop_assert_eq!(split.len() as u32, months_before + months_after);
+        }
+    }
+}

@@ -94,3 +94,27 @@ fn test_subcommand_prints_the_closing_line_and_fails_on_a_changed_price() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("--- expected/") && err.contains("(hand:"), "{err}");
 }
+
+#[test]
+fn explain_shows_the_slab_split_clamps_and_rounding() {
+    let out = billrun()
+        .args(["explain", "--config", "fixtures/06-slab-min-max/billrun.toml", "--account", "ACC-1", "--cycle", "2026-10-15"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Slab 1 (0 – 100] PER_UNIT: 30 × 0.1 = 3"), "{text}");
+    assert!(text.contains("Slab 1 minimum rate applied: adjustment 2"), "{text}");
+    assert!(text.contains("exact 5 → billed 5.00"), "{text}");
+    let json = billrun()
+        .args(["explain", "--json", "--config", "fixtures/20-fixed-fees/billrun.toml", "--account", "ACC-B", "--cycle", "2026-10-18"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let line = &v["invoices"][0]["lines"][0];
+    assert_eq!(line["metadata"]["prorationFactor"], "14/31");
+    assert_eq!(line["exactValue"], "686/31");
+    assert_eq!(line["billed"], "22.13");
+}
