@@ -19,6 +19,11 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 /// The key that marks an exact decimal literal inside a `serde_json::Value`.
 pub const DECIMAL_KEY: &str = "$decimal";
 
+/// Most values YAML aliases (`*name`) may copy into one document: aliases are expanded by
+/// copying, so without a bound a few lines of nested aliases ("billion laughs") would exhaust
+/// memory.
+pub const MAX_ALIAS_VALUES: usize = 1_000_000;
+
 /// A parsed document: its value and the position of every node by path.
 #[derive(Debug, Clone)]
 pub struct Doc {
@@ -79,9 +84,27 @@ struct Builder {
     stack: Vec<Frame>,
     path: Vec<String>,
     root: Option<Value>,
-    anchors: HashMap<usize, Value>,
+    /// Anchored values with their number of nodes.
+    anchors: HashMap<usize, (Value, usize)>,
+    /// Nodes copied by aliases so far.
+    alias_values: usize,
     positions: HashMap<String, (usize, usize)>,
     error: Option<DocError>,
+}
+
+/// Number of nodes in a value (without recursion: documents may be deeply nested).
+fn count_nodes(v: &Value) -> usize {
+    let mut n = 0;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        n += 1;
+        match v {
+            Value::Array(a) => stack.extend(a.iter()),
+            Value::Object(o) => stack.extend(o.values()),
+            _ => {}
+        }
+    }
+    n
 }
 
 impl Builder {
@@ -224,7 +247,7 @@ impl MarkedEventReceiver for Builder {
                 let seg = self.enter(mark);
                 let v = if style == TScalarStyle::Plain { resolve_plain(&text) } else { Value::String(text) };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, v.clone());
+                    self.anchors.insert(anchor, (v.clone(), 1));
                 }
                 self.leave(seg);
                 self.attach(v, mark);
@@ -232,7 +255,21 @@ impl MarkedEventReceiver for Builder {
             Event::Alias(id) => {
                 let seg = self.enter(mark);
                 self.leave(seg);
-                let v = self.anchors.get(&id).cloned().unwrap_or(Value::Null);
+                let v = match self.anchors.get(&id) {
+                    Some((v, n)) if self.alias_values + n <= MAX_ALIAS_VALUES => {
+                        self.alias_values += n;
+                        v.clone()
+                    }
+                    Some(_) => {
+                        self.error.get_or_insert(DocError {
+                            line: mark.line(),
+                            col: mark.col() + 1,
+                            message: format!("aliases expand to more than {MAX_ALIAS_VALUES} values"),
+                        });
+                        Value::Null
+                    }
+                    None => Value::Null,
+                };
                 self.attach(v, mark);
             }
             Event::SequenceStart(anchor, _) => {
@@ -250,7 +287,8 @@ impl MarkedEventReceiver for Builder {
                 if let Some(Frame::Seq(items, anchor)) = self.stack.pop() {
                     let v = Value::Array(items);
                     if anchor > 0 {
-                        self.anchors.insert(anchor, v.clone());
+                        let n = count_nodes(&v);
+                        self.anchors.insert(anchor, (v.clone(), n));
                     }
                     self.leave(true);
                     self.attach(v, mark);
@@ -271,7 +309,8 @@ impl MarkedEventReceiver for Builder {
                 if let Some(Frame::Map(map, _, anchor)) = self.stack.pop() {
                     let v = Value::Object(map);
                     if anchor > 0 {
-                        self.anchors.insert(anchor, v.clone());
+                        let n = count_nodes(&v);
+                        self.anchors.insert(anchor, (v.clone(), n));
                     }
                     self.leave(true);
                     self.attach(v, mark);
@@ -383,6 +422,19 @@ mod tests {
         let doc = parse("plans:\n  - id: a\n    cards:\n      - type: X\n").unwrap();
         assert_eq!(doc.position("plans[0].cards[0].type"), Some((4, 15)));
         assert_eq!(doc.position("plans[0].cards[0].missing").map(|p| p.0), Some(4));
+    }
+
+    #[test]
+    fn alias_expansion_is_bounded() {
+        let mut s = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = format!("*a{}", i - 1);
+            s.push_str(&format!("a{i}: &a{i} [{}]\n", vec![p; 10].join(", ")));
+        }
+        let e = parse(&s).unwrap_err();
+        assert!(e.message.contains("aliases expand to more than"), "{e}");
+        let ok = parse("a: &a {b: 1}\nc: *a\n").unwrap();
+        assert_eq!(ok.value["c"]["b"], Value::from(1));
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub enum ExplainError {
 
 fn lines_json(li: &LineItem) -> Vec<Value> {
     let mut out = Vec::new();
-    if li.kind.ends_with("RATE_CARD_AMOUNT") || li.kind.starts_with("ADVANCED_") || li.kind == "TRUE_UP_AMOUNT" {
+    if crate::render::is_billed_line(&li.kind) {
         let parts: Vec<Value> = li
             .line_items
             .iter()
@@ -137,7 +137,9 @@ pub fn to_text(e: &Value) -> String {
             t.push_str(&format!("  {} [{}{}]\n", s(&l["description"]), s(&l["type"]), q));
             for p in l["parts"].as_array().into_iter().flatten() {
                 match p["type"].as_str() {
-                    Some("RATE_CONFIG_ADJUSTMENT_AMOUNT") => t.push_str(&format!("    {}: adjustment {}\n", s(&p["description"]), s(&p["value"]))),
+                    Some("RATE_CONFIG_ADJUSTMENT_AMOUNT") | Some("PRICING_RULE_REVENUE_UPDATE_AMOUNT") | Some("PRICING_RULE_USAGE_UPDATE_AMOUNT") => {
+                        t.push_str(&format!("    {}: adjustment {}\n", s(&p["description"]), s(&p["value"])))
+                    }
                     _ => {
                         let pk = p["metadata"]["packageQuantity"].as_str().map(|x| format!(" ({x} packages)")).unwrap_or_default();
                         t.push_str(&format!("    {}: {} × {}{} = {}\n", s(&p["description"]), s(&p["quantity"]), s(&p["rate"]), pk, s(&p["value"])));

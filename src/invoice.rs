@@ -92,6 +92,28 @@ pub struct Invoice {
     pub usage_info: Vec<LineItem>,
     pub revenue_info: LineItem,
     pub invoice_details: InvoiceDetails,
+    /// What each pricing rule did (Togai's `PricingRulesLog`); absent without rules.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pricing_rules_log: Vec<RuleLog>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleLog {
+    pub rule_id: String,
+    pub name: String,
+    pub order: i64,
+    /// CONDITION_TRUE | CONDITION_FALSE | CONDITION_ERROR | COMPUTATION_ERROR
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// An invoice plus the exact numbers behind it (for totals, tests and the manifest).
@@ -224,6 +246,7 @@ fn assemble(p: &Parts, org: &Organization, as_of: NaiveDate, advance: bool, tree
             account: Party { id: account.id.clone(), name: account.name.clone(), primary_email: account.email.clone(), address: account.address.clone() },
             price_plan_name: plan.name.clone(),
         },
+        pricing_rules_log: Vec::new(),
     };
     BuiltInvoice { invoice, currency: cur.clone(), total, lines, due }
 }
@@ -244,18 +267,16 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
             || plan.minimum_commitment.is_some()
             || plan.fixed_fee_cards.iter().any(|f| f.timing == Timing::InArrears);
         if has_arrears {
-            let mut cards = Vec::new();
-            let mut lines = Vec::new();
+            // (key, line, billed amount, usage card and its rates for re-rating)
+            let mut cards: Vec<(String, LineItem, Decimal, Option<(&crate::catalog::UsageCard, &crate::catalog::CardRates, Decimal)>)> = Vec::new();
             let mut usage_info = Vec::new();
-            let mut subtotal = Decimal::ZERO;
             for card in &plan.usage_cards {
                 let Some(rates) = card.rates.get(&cur.code) else { continue };
                 let q = usage.get(&(w.id, card.meter_id.clone())).copied().unwrap_or(Decimal::ZERO);
                 let ch = rate_usage(card, rates, q);
-                let (line, amount) = card_line(format!("urc.{}", card.meter_id), &card.display_name, &card.meter_id, card.model, &ch, cur, org);
-                subtotal += amount;
-                lines.push((card.display_name.clone(), amount));
-                cards.push(line);
+                let key = format!("urc.{}", card.meter_id);
+                let (line, amount) = card_line(key.clone(), &card.display_name, &card.meter_id, card.model, &ch, cur, org);
+                cards.push((key, line, amount, Some((card, rates, q))));
                 let meter_name = catalog.meters.get(&card.meter_id).map(|m| m.display_name.clone()).unwrap_or_default();
                 if !usage_info.iter().any(|u: &LineItem| u.id.as_deref() == Some(&card.meter_id)) {
                     let mut u = LineItem::new("USAGE_METER_USAGE", meter_name, format_exact(q));
@@ -266,11 +287,98 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
             }
             for ff in plan.fixed_fee_cards.iter().filter(|f| f.timing == Timing::InArrears) {
                 if let Some((line, amount)) = fixed_fee_line(ff, w, cur, org) {
-                    subtotal += amount;
-                    lines.push((ff.display_name.clone(), amount));
-                    cards.push(line);
+                    cards.push((format!("ff.{}", ff.addon_id), line, amount, None));
                 }
             }
+            // pricing rules, in order, each seeing the effect of the previous ones
+            let mut additions: Vec<(LineItem, Decimal)> = Vec::new();
+            let mut rule_log = Vec::new();
+            for rule in &plan.pricing_rules {
+                let vars = |n: &str| -> Option<Decimal> {
+                    let (kind, key) = n.split_once('.')?;
+                    let c = cards.iter().find(|c| c.0 == key)?;
+                    match kind {
+                        "revenue" => Some(c.2),
+                        "usage" => c.3.map(|x| x.2),
+                        _ => None,
+                    }
+                };
+                let mut entry = RuleLog { rule_id: rule.id.clone(), name: rule.name.clone(), order: rule.order, kind: "CONDITION_TRUE", target: None, before: None, after: None, error: None };
+                if let Some(cond) = &rule.condition {
+                    match crate::rules::eval(cond, &vars) {
+                        Ok(v) if v.truthy() => {}
+                        Ok(_) => {
+                            entry.kind = "CONDITION_FALSE";
+                            rule_log.push(entry);
+                            continue;
+                        }
+                        Err(e) => {
+                            entry.kind = "CONDITION_ERROR";
+                            entry.error = Some(e);
+                            rule_log.push(entry);
+                            continue;
+                        }
+                    }
+                }
+                let value = match crate::rules::eval(&rule.computation, &vars) {
+                    Ok(crate::rules::SVal::Num(v)) => v,
+                    Ok(other) => {
+                        entry.kind = "COMPUTATION_ERROR";
+                        entry.error = Some(format!("the computation gave {other:?}, not a number"));
+                        rule_log.push(entry);
+                        continue;
+                    }
+                    Err(e) => {
+                        entry.kind = "COMPUTATION_ERROR";
+                        entry.error = Some(e);
+                        rule_log.push(entry);
+                        continue;
+                    }
+                };
+                match &rule.action {
+                    crate::rules::Action::Add { description } => {
+                        let amount = round_line(value, cur, org.rounding);
+                        let mut l = LineItem::new("PRICING_RULE_ADDITION_AMOUNT", description, format_amount(amount, cur));
+                        l.id = Some(rule.id.clone());
+                        l.metadata.insert("exactValue".into(), format_exact(value));
+                        entry.after = Some(format_amount(amount, cur));
+                        additions.push((l, amount));
+                    }
+                    crate::rules::Action::UpdateRevenue(key) => {
+                        if let Some(c) = cards.iter_mut().find(|c| &c.0 == key) {
+                            let amount = round_line(value, cur, org.rounding);
+                            let mut adj = LineItem::new("PRICING_RULE_REVENUE_UPDATE_AMOUNT", format!("Pricing rule `{}`", rule.name), format_amount(amount - c.2, cur));
+                            adj.metadata.insert("ruleId".into(), rule.id.clone());
+                            entry.target = Some(format!("revenue.{key}"));
+                            entry.before = Some(format_amount(c.2, cur));
+                            entry.after = Some(format_amount(amount, cur));
+                            c.1.value = format_amount(amount, cur);
+                            c.1.line_items.push(adj);
+                            c.2 = amount;
+                        }
+                    }
+                    crate::rules::Action::UpdateUsage(key) => {
+                        if let Some(c) = cards.iter_mut().find(|c| &c.0 == key) {
+                            if let Some((card, rates, q)) = c.3 {
+                                let ch = rate_usage(card, rates, value);
+                                let (mut line, amount) = card_line(key.clone(), &card.display_name, &card.meter_id, card.model, &ch, cur, org);
+                                let mut adj = LineItem::new("PRICING_RULE_USAGE_UPDATE_AMOUNT", format!("Pricing rule `{}`: usage {} → {}", rule.name, format_exact(q), format_exact(value)), format_amount(amount - c.2, cur));
+                                adj.metadata.insert("ruleId".into(), rule.id.clone());
+                                line.metadata.insert("meteredQuantity".into(), format_exact(q));
+                                line.line_items.push(adj);
+                                entry.target = Some(format!("usage.{key}"));
+                                entry.before = Some(format_exact(q));
+                                entry.after = Some(format_exact(value));
+                                *c = (key.clone(), line, amount, Some((card, rates, value)));
+                            }
+                        }
+                    }
+                }
+                rule_log.push(entry);
+            }
+            let subtotal: Decimal = cards.iter().map(|c| c.2).sum();
+            let mut lines: Vec<(String, Decimal)> = cards.iter().map(|c| (c.1.description.clone(), c.2)).collect();
+            let cards: Vec<LineItem> = cards.into_iter().map(|c| c.1).collect();
             let sub_v = format_amount(subtotal, cur);
             let mut plan_children = vec![wrap("SUB_TOTAL_AMOUNT", "Subtotal", &sub_v, cards)];
             let mut total = subtotal;
@@ -287,14 +395,26 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
                     }
                 }
             }
+            let price_plan_v = format_amount(total, cur);
+            let mut gross_children = vec![wrap("PRICE_PLAN_AMOUNT", &plan.name, &price_plan_v, plan_children)];
+            if !additions.is_empty() {
+                let add_total: Decimal = additions.iter().map(|a| a.1).sum();
+                for (l, a) in &additions {
+                    lines.push((l.description.clone(), *a));
+                }
+                gross_children.push(wrap("TOTAL_PRICING_RULE_ADDITION_AMOUNT", "Pricing rule additions", &format_amount(add_total, cur), additions.into_iter().map(|a| a.0).collect()));
+                total += add_total;
+            }
             let v = format_amount(total, cur);
             let tree = wrap("GRAND_TOTAL_AMOUNT", "Grand total", &v, vec![wrap("TOTAL_AMOUNT", "Total", &v, vec![wrap("NET_AMOUNT", "Net amount", &v, vec![wrap(
                 "GROSS_AMOUNT",
                 "Gross amount",
                 &v,
-                vec![wrap("PRICE_PLAN_AMOUNT", &plan.name, &v, plan_children)],
+                gross_children,
             )])])]);
-            out.push(assemble(&parts, org, as_of, false, tree, usage_info, lines, total));
+            let mut built = assemble(&parts, org, as_of, false, tree, usage_info, lines, total);
+            built.invoice.pricing_rules_log = rule_log;
+            out.push(built);
         }
 
         // in advance: a separate invoice at the start of the cycle

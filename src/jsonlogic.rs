@@ -26,6 +26,8 @@ pub enum Lit {
 pub enum VarRef {
     Attribute(String),
     Dimension(String),
+    /// A numeric variable of another scope, e.g. `usage.urc.um.calls` in a pricing rule.
+    Named(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +72,10 @@ pub enum Kind {
 pub trait Scope {
     fn has_attribute(&self, name: &str) -> bool;
     fn has_dimension(&self, name: &str) -> bool;
+    /// A numeric variable outside events (pricing rules: `usage.<key>`, `revenue.<key>`).
+    fn has_named(&self, _path: &str) -> bool {
+        false
+    }
 }
 
 /// Parse a JSON-logic value. Togai stores matchers/computations as JSON text inside a string;
@@ -97,6 +103,9 @@ fn lit_of(v: &Value) -> Option<Lit> {
 }
 
 fn resolve_var(path: &str, scope: &dyn Scope) -> Result<VarRef, String> {
+    if scope.has_named(path) {
+        return Ok(VarRef::Named(path.to_string()));
+    }
     for p in ["attributes.", "attribute."] {
         if let Some(n) = path.strip_prefix(p) {
             return if scope.has_attribute(n) {
@@ -208,8 +217,16 @@ pub fn kind(ast: &Ast) -> Result<Kind, String> {
         Ast::Lit(Lit::Bool(_)) => Kind::Bool,
         Ast::Lit(Lit::Num(_)) => Kind::Num,
         Ast::Lit(Lit::Str(_)) => Kind::Str,
+        // a default of another kind than its variable cannot be compiled: refuse it here
+        Ast::Var { var: VarRef::Attribute(_), default: Some(Lit::Str(_) | Lit::Bool(_)) } => {
+            return Err("the default of `var` must be a number like the attribute".into())
+        }
+        Ast::Var { var: VarRef::Dimension(_), default: Some(Lit::Num(_) | Lit::Bool(_)) } => {
+            return Err("the default of `var` must be text like the dimension".into())
+        }
         Ast::Var { var: VarRef::Attribute(_), .. } => Kind::Num,
         Ast::Var { var: VarRef::Dimension(_), .. } => Kind::Str,
+        Ast::Var { var: VarRef::Named(_), .. } => Kind::Num,
         Ast::Op { op, args } => match op {
             Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge => {
                 let kinds = args.iter().map(kind).collect::<Result<Vec<_>, _>>()?;
@@ -306,5 +323,12 @@ mod tests {
         assert!(bad(&deep).contains("deeper than"));
         let mixed = parse_rule(&Value::String(r#"{"if": [true, "a", 1]}"#.into()), &S).unwrap();
         assert!(kind(&mixed).is_err());
+        // a default of the wrong kind is refused at validation, not when the meter is compiled
+        for bad in [r#"{"var": ["attribute.tokens", "d"]}"#, r#"{"var": ["attribute.tokens", true]}"#, r#"{"var": ["dimension.city", 1]}"#] {
+            let ast = parse_rule(&Value::String(bad.into()), &S).unwrap();
+            assert!(kind(&ast).unwrap_err().contains("default of `var`"), "{bad}");
+        }
+        let ok = parse_rule(&Value::String(r#"{"var": ["attribute.tokens", 1.5]}"#.into()), &S).unwrap();
+        assert_eq!(kind(&ok).unwrap(), Kind::Num);
     }
 }

@@ -16,6 +16,7 @@ pub mod money;
 pub mod numeric;
 pub mod rate;
 pub mod render;
+pub mod rules;
 pub mod run;
 pub mod scenario;
 pub mod windows;

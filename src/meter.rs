@@ -237,6 +237,7 @@ fn compile(ast: &Ast, cols: &FrameColumns) -> Result<Val, String> {
                         Val::Null
                     }
                 }
+                VarRef::Named(n) => return Err(format!("`{n}` is not an event variable")),
             };
             match (default, v) {
                 (None | Some(Lit::Null), v) => Ok(v),

@@ -94,8 +94,8 @@ fn party(p: &crate::invoice::Party) -> PartyView {
 }
 
 /// Is this line item a billed line (shown as a row), rather than a total that groups others?
-fn is_billed_line(kind: &str) -> bool {
-    kind.ends_with("RATE_CARD_AMOUNT") || kind.starts_with("ADVANCED_") || kind == "TRUE_UP_AMOUNT"
+pub fn is_billed_line(kind: &str) -> bool {
+    kind.ends_with("RATE_CARD_AMOUNT") || kind.starts_with("ADVANCED_") || kind == "TRUE_UP_AMOUNT" || kind == "PRICING_RULE_ADDITION_AMOUNT"
 }
 
 fn rate_card_lines(li: &LineItem, out: &mut Vec<LineView>) {

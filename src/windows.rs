@@ -98,6 +98,7 @@ mod tests {
             usage_cards: vec![],
             fixed_fee_cards: vec![],
             minimum_commitment: None,
+            pricing_rules: vec![],
         }
     }
 

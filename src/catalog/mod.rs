@@ -224,6 +224,8 @@ pub struct PricePlan {
     pub usage_cards: Vec<UsageCard>,
     pub fixed_fee_cards: Vec<FixedFeeCard>,
     pub minimum_commitment: Option<MinimumCommitment>,
+    /// Sorted by `order`.
+    pub pricing_rules: Vec<crate::rules::PricingRule>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -797,9 +799,6 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
             d.push(o.diag("type", format!("unknown price plan type `{k}`, expected BILLING or PURCHASE")));
         }
     }
-    if p.pricing_rules.as_ref().is_some_and(|r| !r.is_empty()) {
-        d.push(o.diag("pricingRules", "pricing rules are not supported yet"));
-    }
     if p.pricing_schedule.is_some() {
         d.push(o.diag("pricingSchedule", "plan versions (pricingSchedule) are not supported yet: give pricePlanDetails or rateCards"));
         return None;
@@ -954,7 +953,8 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
         let rates = rate_map(o, &sub, m.rate_values.iter().map(|r| (r.currency.clone(), r.rate.0)), &currencies, d);
         Some(MinimumCommitment { display_name: name.or(m.display_name).unwrap_or_else(|| "Minimum commitment".into()), rates })
     });
-    Some(PricePlan { id: p.id, name: p.name, cycle: cycle?, currencies, usage_cards, fixed_fee_cards, minimum_commitment })
+    let pricing_rules = validate_rules(o, p.pricing_rules.as_deref().unwrap_or_default(), &usage_cards, &fixed_fee_cards, d);
+    Some(PricePlan { id: p.id, name: p.name, cycle: cycle?, currencies, usage_cards, fixed_fee_cards, minimum_commitment, pricing_rules })
 }
 
 fn rate_map(o: &Origin, sub: &str, values: impl Iterator<Item = (String, Decimal)>, currencies: &[String], d: &mut Diagnostics) -> BTreeMap<String, Decimal> {
@@ -1076,4 +1076,77 @@ fn validate_usage_card(o: &Origin, sub: &str, name: Option<String>, tag: Option<
         slabs,
         rates,
     })
+}
+
+/// The variables pricing rules may read: `usage.<key>` of usage cards, `revenue.<key>` of every
+/// card, with keys `urc.<usage meter id>` and `ff.<add-on id>` (Togai's).
+struct RuleScope {
+    usage: BTreeSet<String>,
+    revenue: BTreeSet<String>,
+}
+
+impl jsonlogic::Scope for RuleScope {
+    fn has_attribute(&self, _: &str) -> bool {
+        false
+    }
+    fn has_dimension(&self, _: &str) -> bool {
+        false
+    }
+    fn has_named(&self, path: &str) -> bool {
+        path.strip_prefix("usage.").is_some_and(|k| self.usage.contains(k)) || path.strip_prefix("revenue.").is_some_and(|k| self.revenue.contains(k))
+    }
+}
+
+fn validate_rules(o: &Origin, raw: &[Value], usage: &[UsageCard], fixed: &[FixedFeeCard], d: &mut Diagnostics) -> Vec<crate::rules::PricingRule> {
+    use crate::rules::{Action, PricingRule};
+    let usage_keys: BTreeSet<String> = usage.iter().map(|c| format!("urc.{}", c.meter_id)).collect();
+    let mut revenue = usage_keys.clone();
+    revenue.extend(fixed.iter().map(|f| format!("ff.{}", f.addon_id)));
+    let scope = RuleScope { usage: usage_keys, revenue };
+    let mut out = Vec::new();
+    for (i, v) in raw.iter().enumerate() {
+        let sub = format!("pricingRules[{i}]");
+        let r: RawPricingRule = match serde_json::from_value(v.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                d.push(o.diag(&sub, e.to_string().replace("$decimal", "number")));
+                continue;
+            }
+        };
+        if r.invoice_timing.as_deref().is_some_and(|t| t != "IN_ARREARS") {
+            d.push(o.diag(&format!("{sub}.invoiceTiming"), "IN_ADVANCE pricing rules are not supported yet"));
+            continue;
+        }
+        let parse = |v: &Value, what: &str, d: &mut Diagnostics| match jsonlogic::parse_rule(v, &scope).and_then(|a| jsonlogic::kind(&a).map(|_| a)) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                d.push(o.diag(&format!("{sub}.{what}"), format!("{e} (pricing rules read usage.<key> and revenue.<key>, keys urc.<meter id> / ff.<add-on id>)")));
+                None
+            }
+        };
+        let condition = match &r.condition {
+            None | Some(Value::Null) => None,
+            Some(c) => match parse(c, "condition", d) {
+                Some(a) => Some(a),
+                None => continue,
+            },
+        };
+        let Some(computation) = parse(&r.computation, "computation", d) else { continue };
+        let action = match (r.action.kind.as_str(), r.action.target.as_deref()) {
+            ("ADD", _) => Action::Add { description: r.action.description.clone().unwrap_or_else(|| r.name.clone()) },
+            ("UPDATE", Some(t)) if t.strip_prefix("revenue.").is_some_and(|k| scope.revenue.contains(k)) => Action::UpdateRevenue(t["revenue.".len()..].to_string()),
+            ("UPDATE", Some(t)) if t.strip_prefix("usage.").is_some_and(|k| scope.usage.contains(k)) => Action::UpdateUsage(t["usage.".len()..].to_string()),
+            ("UPDATE", t) => {
+                d.push(o.diag(&format!("{sub}.action.target"), format!("UPDATE needs a target `revenue.<key>` or `usage.<key>` of this plan's rate cards, found {t:?}")));
+                continue;
+            }
+            (k, _) => {
+                d.push(o.diag(&format!("{sub}.action.type"), format!("unknown action `{k}`, expected ADD or UPDATE")));
+                continue;
+            }
+        };
+        out.push(PricingRule { id: r.id.unwrap_or_else(|| format!("rule.{i}")), name: r.name, order: r.order, condition, computation, action });
+    }
+    out.sort_by_key(|r| r.order);
+    out
 }

@@ -501,3 +501,40 @@ pub struct RawMinimumCommitment {
     pub display_name: Option<String>,
     pub rate_values: Vec<RawCurrencyRateValue>,
 }
+
+/// Togai's `PricingRule` (on a price plan).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPricingRule {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<u32>,
+    pub order: i64,
+    #[serde(default)]
+    pub invoice_timing: Option<String>,
+    #[serde(default)]
+    pub condition: Option<Value>,
+    pub computation: Value,
+    pub action: RawPricingRuleAction,
+    #[serde(default)]
+    pub created_at: Option<IgnoredAny>,
+    #[serde(default)]
+    pub updated_at: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPricingRuleAction {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
