@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 
 use crate::catalog::{Aggregation, Catalog};
 use crate::frame::{EventFrame, BAD_ATTR, SEQ};
-use crate::meter::{compile_meter, CompiledMeter};
+use crate::meter::{compile_meter, enrichment_column, CompiledMeter};
 use crate::numeric;
 use crate::windows::Window;
 use billrun_connectors::schema::{ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
@@ -101,6 +101,8 @@ pub struct IngestOutput {
 pub enum IngestError {
     #[error("polars: {0}")]
     Polars(#[from] PolarsError),
+    #[error("enrichment `{field}` of event schema `{schema}` cannot be evaluated: {message}")]
+    Enrichment { schema: String, field: String, message: String },
     #[error("usage meter `{meter}` cannot be evaluated exactly: {message}")]
     Meter { meter: String, message: String },
     #[error("usage of meter `{meter}` in window {window} does not fit a decimal")]
@@ -196,6 +198,26 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
     let lf = lf.with_column(keep(col(REASON), Reason::NotMetered, col(WINDOW).is_null()).alias(REASON));
     let late = col(INGESTED_AT).gt_eq(col("__w_due")).fill_null(lit(false));
     let lf = lf.with_column(keep(col(REASON), Reason::PastGracePeriod, late).alias(REASON));
+    let df = lf.collect()?;
+
+    // enrichments: derived fields per event schema, in order, before the meters read them
+    let mut columns = columns;
+    let mut lf = df.lazy();
+    for schema in catalog.event_schemas.values() {
+        for e in &schema.enrichments {
+            let (expr, scale) = enrichment_column(&e.value, e.attribute, &schema.name, &e.name, &columns)
+                .map_err(|message| IngestError::Enrichment { schema: schema.name.clone(), field: e.name.clone(), message })?;
+            lf = lf.with_column(expr);
+            match scale {
+                Some(s) => {
+                    columns.attributes.insert(e.name.clone(), s);
+                }
+                None => {
+                    columns.dimensions.insert(e.name.clone());
+                }
+            }
+        }
+    }
     let df = lf.collect()?;
 
     // 9-10: meters

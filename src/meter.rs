@@ -456,3 +456,40 @@ pub fn compile_meter(m: &Meter, cols: &FrameColumns) -> Result<CompiledMeter, St
     };
     Ok(CompiledMeter { meter_id: m.id.clone(), aggregation: m.aggregation, hit, units: Some(units), scale })
 }
+
+/// The column an enrichment field produces for events of `schema` (other events keep the
+/// field's current value), and the field's new scale for attributes. Compiled against the
+/// frame's current columns, so a field can read the fields enriched before it.
+pub fn enrichment_column(ast: &Ast, attribute: bool, schema: &str, name: &str, cols: &FrameColumns) -> Result<(Expr, Option<u32>), String> {
+    let here = col(SCHEMA_NAME).eq(lit(schema.to_string())).fill_null(lit(false));
+    if attribute {
+        let column = format!("{ATTR_PREFIX}{name}");
+        let current = cols.attributes.get(name).map(|s| Num::Col { expr: col(column.as_str()), scale: *s });
+        let v = match compile(ast, cols)? {
+            Val::Num(n) => Some(n),
+            Val::Null => None,
+            Val::Str(e) => Some(str_to_num(e)),
+            Val::Bool(_) => return Err("an ATTRIBUTE enrichment must give a number".into()),
+        };
+        let scale = v.iter().chain(current.iter()).map(scale_of).max().unwrap_or(0);
+        let then = match &v {
+            Some(n) => at_scale(n, scale)?,
+            None => null_dec(scale),
+        };
+        let otherwise = match &current {
+            Some(n) => at_scale(n, scale)?,
+            None => null_dec(scale),
+        };
+        Ok((when(here).then(then).otherwise(otherwise).alias(column), Some(scale)))
+    } else {
+        let column = format!("{DIM_PREFIX}{name}");
+        let then = match compile(ast, cols)? {
+            Val::Str(e) => e,
+            Val::Null => lit(Null {}).cast(DataType::String),
+            Val::Num(n) => at_scale(&n, scale_of(&n))?.cast(DataType::String),
+            Val::Bool(_) => return Err("a DIMENSION enrichment must give text".into()),
+        };
+        let otherwise = if cols.dimensions.contains(name) { col(column.as_str()) } else { lit(Null {}).cast(DataType::String) };
+        Ok((when(here).then(then).otherwise(otherwise).alias(column), None))
+    }
+}

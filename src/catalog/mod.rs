@@ -27,8 +27,20 @@ use raw::*;
 #[derive(Debug, Clone)]
 pub struct EventSchema {
     pub name: String,
+    /// Declared attributes, plus the attribute fields its enrichments produce.
     pub attributes: BTreeSet<String>,
     pub dimensions: BTreeSet<String>,
+    /// Derived fields, in `order`; each may read the event and the fields before it.
+    pub enrichments: Vec<Enrichment>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Enrichment {
+    pub name: String,
+    /// true: an attribute (a number); false: a dimension (text).
+    pub attribute: bool,
+    /// A literal (VALUE) or an expression (JSON_LOGIC).
+    pub value: Ast,
 }
 
 impl jsonlogic::Scope for EventSchema {
@@ -486,19 +498,20 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
     let mut cat = Catalog::default();
 
     for (o, s) in raw.event_schemas {
-        if s.enrichments.as_ref().is_some_and(|e| !e.is_null()) {
-            d.push(o.diag("enrichments", "event schema enrichments are not supported yet"));
-        }
         if s.event_id_template.is_some() {
             d.push(o.diag("eventIdTemplate", "eventIdTemplate is not supported yet: events must carry an id"));
         }
-        let schema = EventSchema {
+        let mut schema = EventSchema {
             name: s.name.clone(),
             attributes: s.attributes.iter().map(|a| a.name.clone()).collect(),
             dimensions: s.dimensions.iter().map(|a| a.name.clone()).collect(),
+            enrichments: Vec::new(),
         };
         if let Some(n) = schema.attributes.intersection(&schema.dimensions).next() {
             d.push(o.diag("", format!("`{n}` is both an attribute and a dimension")));
+        }
+        if let Some(e) = s.enrichments.as_ref().filter(|e| !e.is_null()) {
+            validate_enrichments(&o, e, &mut schema, d);
         }
         if cat.event_schemas.insert(s.name.clone(), schema).is_some() {
             d.push(o.diag("name", format!("duplicate event schema `{}`", s.name)));
@@ -1149,4 +1162,77 @@ fn validate_rules(o: &Origin, raw: &[Value], usage: &[UsageCard], fixed: &[Fixed
     }
     out.sort_by_key(|r| r.order);
     out
+}
+
+fn validate_enrichments(o: &Origin, raw: &Value, schema: &mut EventSchema, d: &mut Diagnostics) {
+    let e: RawEnrichments = match serde_json::from_value(raw.clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            d.push(o.diag("enrichments", e.to_string().replace("$decimal", "number")));
+            return;
+        }
+    };
+    if !e.dependencies.is_empty() {
+        d.push(o.diag("enrichments.dependencies", "enrichment dependencies (settings) are not supported yet"));
+        return;
+    }
+    let mut fields: Vec<(usize, RawEnrichmentField)> = e.fields.into_iter().enumerate().collect();
+    fields.sort_by_key(|(_, f)| f.order);
+    for (i, f) in fields {
+        let sub = format!("enrichments.fields[{i}]");
+        let attribute = match f.kind.as_str() {
+            "ATTRIBUTE" => true,
+            "DIMENSION" => false,
+            k => {
+                d.push(o.diag(&format!("{sub}.type"), format!("unknown field type `{k}`, expected ATTRIBUTE or DIMENSION")));
+                continue;
+            }
+        };
+        let value = match f.enrichment_type.as_str() {
+            "VALUE" => {
+                let text = doc::number_text(&f.value).or_else(|| f.value.as_str().map(str::to_string)).unwrap_or_default();
+                if attribute {
+                    match doc::parse_decimal(&text) {
+                        Some(n) => Ast::Lit(jsonlogic::Lit::Num(n)),
+                        None => {
+                            d.push(o.diag(&format!("{sub}.value"), format!("an ATTRIBUTE value must be a number, found `{text}`")));
+                            continue;
+                        }
+                    }
+                } else {
+                    Ast::Lit(jsonlogic::Lit::Str(text))
+                }
+            }
+            "JSON_LOGIC" => match jsonlogic::parse_rule(&f.value, schema).and_then(|a| jsonlogic::kind(&a).map(|k| (a, k))) {
+                Ok((a, k)) if (attribute && matches!(k, Kind::Num | Kind::Null)) || (!attribute && matches!(k, Kind::Str | Kind::Null)) => a,
+                Ok((_, k)) => {
+                    d.push(o.diag(&format!("{sub}.value"), format!("the expression gives {k:?}, but an {} field needs {}", f.kind, if attribute { "a number" } else { "text" })));
+                    continue;
+                }
+                Err(e) => {
+                    d.push(o.diag(&format!("{sub}.value"), e));
+                    continue;
+                }
+            },
+            "JSON_LOGIC_FROM_DEPENDENCY" => {
+                d.push(o.diag(&format!("{sub}.enrichmentType"), "JSON_LOGIC_FROM_DEPENDENCY needs settings, which are not supported yet"));
+                continue;
+            }
+            t => {
+                d.push(o.diag(&format!("{sub}.enrichmentType"), format!("unknown enrichment type `{t}`, expected VALUE or JSON_LOGIC")));
+                continue;
+            }
+        };
+        let clash = if attribute { schema.dimensions.contains(&f.name) } else { schema.attributes.contains(&f.name) };
+        if clash {
+            d.push(o.diag(&format!("{sub}.name"), format!("`{}` is already a field of the other kind", f.name)));
+            continue;
+        }
+        if attribute {
+            schema.attributes.insert(f.name.clone());
+        } else {
+            schema.dimensions.insert(f.name.clone());
+        }
+        schema.enrichments.push(Enrichment { name: f.name, attribute, value });
+    }
 }

@@ -538,3 +538,25 @@ pub struct RawPricingRuleAction {
     #[serde(default)]
     pub metadata: Option<Value>,
 }
+
+/// Togai's event-schema `enrichments`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnrichments {
+    #[serde(default)]
+    pub dependencies: Vec<Value>,
+    #[serde(default)]
+    pub fields: Vec<RawEnrichmentField>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawEnrichmentField {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub enrichment_type: String,
+    pub value: Value,
+    #[serde(default)]
+    pub order: i64,
+}
