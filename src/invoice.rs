@@ -13,11 +13,11 @@ use chrono::{Days, NaiveDate};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::catalog::{Catalog, Customer, FeeKind, FixedFeeCard, PricePlan, PricingModel, Timing};
+use crate::catalog::{CardRates, Catalog, Customer, FeeKind, FixedFeeCard, LicenseCard, PricePlan, PricingModel, Timing};
 use crate::config::Organization;
 use crate::ingest::Usage;
 use crate::money::{format_amount, format_exact, round_line, round_ratio, Currency};
-use crate::rate::{rate_usage, CardCharge};
+use crate::rate::{rate_plan, rate_usage, CardCharge};
 use crate::windows::Window;
 
 pub const SCHEMA_VERSION: &str = "billrun.invoice.v1";
@@ -203,6 +203,58 @@ fn fixed_fee_line(ff: &FixedFeeCard, w: &Window, cur: &Currency, org: &Organizat
     Some((line, amount))
 }
 
+/// A license card's line from its slab pricing of one quantity (children: the slab split).
+fn license_line(kind: &str, lc: &LicenseCard, ch: &CardCharge, amount: Decimal, cur: &Currency) -> LineItem {
+    let mut line = LineItem::new(kind, &lc.display_name, format_amount(amount, cur));
+    line.id = Some(format!("lrc.{}", lc.addon_id));
+    line.quantity = Some(format_exact(ch.quantity));
+    line.metadata.insert("addOnId".into(), lc.addon_id.clone());
+    line.metadata.insert("exactValue".into(), format_exact(ch.exact));
+    for sl in &ch.slabs {
+        let mut c = LineItem::new("LICENSE_RATE_CARD_SLAB_AMOUNT", slab_description(sl), format_exact(sl.revenue));
+        c.quantity = Some(format_exact(sl.quantity));
+        c.value_per_quantity = Some(format_exact(sl.rate));
+        line.line_items.push(c);
+    }
+    line
+}
+
+/// The arrears line of a license card over a window: with proration
+/// `Σ_days price(quantity of the day) / days in the cycle`, else the price of the peak quantity.
+fn license_arrears(lc: &LicenseCard, rates: &CardRates, days: &[(NaiveDate, Decimal)], w: &Window, cur: &Currency, org: &Organization) -> Option<(LineItem, Decimal)> {
+    let peak = days.iter().map(|x| x.1).max().unwrap_or(Decimal::ZERO);
+    if !lc.proration {
+        let ch = rate_plan(lc.model, &lc.slabs, rates, peak);
+        let amount = round_line(ch.exact, cur, org.rounding);
+        let mut line = license_line("LICENSE_RATE_CARD_AMOUNT", lc, &ch, amount, cur);
+        line.metadata.insert("basis".into(), "peak quantity of the cycle".into());
+        return Some((line, amount));
+    }
+    let (_, cycle_days) = w.days();
+    let mut numerator = Decimal::ZERO;
+    let mut parts = Vec::new();
+    for (q, n) in crate::licenses::segments(days) {
+        let ch = rate_plan(lc.model, &lc.slabs, rates, q);
+        let v = ch.exact * Decimal::from(n);
+        numerator += v;
+        let mut c = LineItem::new("LICENSE_RATE_CARD_SLAB_AMOUNT", format!("{} license(s) × {n} day(s)", format_exact(q)), format_exact(v));
+        // n days at the price of q licenses for a whole cycle
+        c.quantity = Some(n.to_string());
+        c.value_per_quantity = Some(format_exact(ch.exact));
+        c.metadata.insert("licenses".into(), format_exact(q));
+        parts.push(c);
+    }
+    let amount = round_ratio(numerator, Decimal::from(cycle_days), cur, org.rounding)?;
+    let mut line = LineItem::new("LICENSE_RATE_CARD_AMOUNT", &lc.display_name, format_amount(amount, cur));
+    line.id = Some(format!("lrc.{}", lc.addon_id));
+    line.quantity = Some(format_exact(peak));
+    line.metadata.insert("addOnId".into(), lc.addon_id.clone());
+    line.metadata.insert("basis".into(), "quantity of each day, prorated".into());
+    line.metadata.insert("exactValue".into(), format!("{}/{cycle_days}", format_exact(numerator)));
+    line.line_items = parts;
+    Some((line, amount))
+}
+
 struct Parts<'a> {
     w: &'a Window,
     account: &'a crate::catalog::Account,
@@ -210,21 +262,42 @@ struct Parts<'a> {
     customer: &'a Customer,
 }
 
-fn assemble(p: &Parts, org: &Organization, as_of: NaiveDate, advance: bool, tree: LineItem, usage_info: Vec<LineItem>, lines: Vec<(String, Decimal)>, total: Decimal) -> BuiltInvoice {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The cycle's arrears invoice, issued when the grace period ends.
+    Standard,
+    /// In-advance fees, issued on the window's first day.
+    Advanced,
+    /// In-advance charges for license increases during the cycle, issued on the day of the increase.
+    AdHoc(NaiveDate),
+}
+
+fn assemble(p: &Parts, org: &Organization, as_of: NaiveDate, kind: Kind, tree: LineItem, usage_info: Vec<LineItem>, lines: Vec<(String, Decimal)>, total: Decimal) -> BuiltInvoice {
     let (w, account, plan, customer) = (p.w, p.account, p.plan, p.customer);
     let cur = &account.currency;
-    // the advance invoice is issued when its cycle starts, the arrears one when the grace period ends
-    let invoice_date = if advance { w.start } else { w.due };
+    let invoice_date = match kind {
+        Kind::Standard => w.due,
+        Kind::Advanced => w.start,
+        Kind::AdHoc(d) => d,
+    };
     let due = invoice_date <= as_of;
     let net = account.net_term_days.unwrap_or(org.net_term_days);
     let invoice = Invoice {
         schema_version: SCHEMA_VERSION,
         // (account, window start) is unique: schedules of an account never overlap
-        id: if advance { format!("inv.{}.{}.advance", w.account_id, w.start) } else { format!("inv.{}.{}", w.account_id, w.start) },
+        id: match kind {
+            Kind::Standard => format!("inv.{}.{}", w.account_id, w.start),
+            Kind::Advanced => format!("inv.{}.{}.advance", w.account_id, w.start),
+            Kind::AdHoc(d) => format!("inv.{}.{}.adhoc.{d}", w.account_id, w.start),
+        },
         sequence_id: None,
         status: if due { "DUE" } else { "DRAFT" },
         invoice_class: "INVOICE",
-        invoice_type: if advance { "STANDARD_ADVANCED" } else { "STANDARD" },
+        invoice_type: match kind {
+            Kind::Standard => "STANDARD",
+            Kind::Advanced => "STANDARD_ADVANCED",
+            Kind::AdHoc(_) => "ADHOC_ADVANCED",
+        },
         customer_id: account.customer_id.clone(),
         account_id: account.id.clone(),
         owner_id: account.id.clone(),
@@ -261,11 +334,21 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
         let customer = catalog.customers.get(&account.customer_id).cloned().unwrap_or_default();
         let parts = Parts { w, account, plan, customer: &customer };
         let cur = &account.currency;
+        let timelines: BTreeMap<&str, Vec<(i64, Decimal)>> = plan
+            .license_cards
+            .iter()
+            .map(|lc| {
+                let tl = catalog.licenses.get(&(account.id.clone(), lc.addon_id.clone())).map(|v| v.iter().map(|(t, q)| (t.timestamp_micros(), *q)).collect()).unwrap_or_default();
+                (lc.addon_id.as_str(), tl)
+            })
+            .collect();
+        let license_timeline = |id: &str| -> &[(i64, Decimal)] { timelines.get(id).map(|v| v.as_slice()).unwrap_or(&[]) };
 
         // arrears: usage cards, arrears fixed fees, minimum commitment true-up
         let has_arrears = !plan.usage_cards.is_empty()
             || plan.minimum_commitment.is_some()
-            || plan.fixed_fee_cards.iter().any(|f| f.timing == Timing::InArrears);
+            || plan.fixed_fee_cards.iter().any(|f| f.timing == Timing::InArrears)
+            || plan.license_cards.iter().any(|l| l.timing == Timing::InArrears);
         if has_arrears {
             // (key, line, billed amount, usage card and its rates for re-rating)
             let mut cards: Vec<(String, LineItem, Decimal, Option<(&crate::catalog::UsageCard, &crate::catalog::CardRates, Decimal)>)> = Vec::new();
@@ -288,6 +371,13 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
             for ff in plan.fixed_fee_cards.iter().filter(|f| f.timing == Timing::InArrears) {
                 if let Some((line, amount)) = fixed_fee_line(ff, w, cur, org) {
                     cards.push((format!("ff.{}", ff.addon_id), line, amount, None));
+                }
+            }
+            for lc in plan.license_cards.iter().filter(|l| l.timing == Timing::InArrears) {
+                let Some(rates) = lc.rates.get(&cur.code) else { continue };
+                let days = crate::licenses::daily(license_timeline(&lc.addon_id), org.time_zone, w.start, w.end, lc.max_quantity);
+                if let Some((line, amount)) = license_arrears(lc, rates, &days, w, cur, org) {
+                    cards.push((format!("lrc.{}", lc.addon_id), line, amount, None));
                 }
             }
             // pricing rules, in order, each seeing the effect of the previous ones
@@ -412,7 +502,7 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
                 &v,
                 gross_children,
             )])])]);
-            let mut built = assemble(&parts, org, as_of, false, tree, usage_info, lines, total);
+            let mut built = assemble(&parts, org, as_of, Kind::Standard, tree, usage_info, lines, total);
             built.invoice.pricing_rules_log = rule_log;
             out.push(built);
         }
@@ -428,6 +518,69 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
                 adv.push(line);
             }
         }
+        let (win_days, cycle_days) = w.days();
+        let mut adhoc: BTreeMap<NaiveDate, Vec<(LineItem, Decimal)>> = BTreeMap::new();
+        for lc in plan.license_cards.iter().filter(|l| l.timing == Timing::InAdvance) {
+            let Some(rates) = lc.rates.get(&cur.code) else { continue };
+            let tl = license_timeline(&lc.addon_id);
+            let q0 = crate::licenses::at_start(tl, org.time_zone, w.start, lc.max_quantity);
+            let ch = rate_plan(lc.model, &lc.slabs, rates, q0);
+            let prorate = lc.proration && w.is_partial();
+            let amount = if prorate {
+                round_ratio(ch.exact * Decimal::from(win_days), Decimal::from(cycle_days), cur, org.rounding).unwrap_or(Decimal::ZERO)
+            } else {
+                round_line(ch.exact, cur, org.rounding)
+            };
+            let mut line = license_line("ADVANCED_LICENSE_RATE_CARD_AMOUNT", lc, &ch, amount, cur);
+            if prorate {
+                line.metadata.insert("prorationFactor".into(), format!("{win_days}/{cycle_days}"));
+                line.metadata.insert("exactValue".into(), format!("{}/{cycle_days}", format_exact(ch.exact * Decimal::from(win_days))));
+            }
+            total += amount;
+            lines.push((lc.display_name.clone(), amount));
+            adv.push(line);
+            // increases during the cycle (known by the as-of date): the price difference, prorated
+            // to the rest of the cycle when proration is on; decreases are not refunded
+            let mut billed = q0;
+            let mut billed_price = ch.exact;
+            for (day, q) in crate::licenses::daily(tl, org.time_zone, w.start, w.end.min(as_of), lc.max_quantity) {
+                if q <= billed {
+                    continue;
+                }
+                let new = rate_plan(lc.model, &lc.slabs, rates, q);
+                let diff = new.exact - billed_price;
+                let remaining = (w.end - day).num_days();
+                let amount = if lc.proration {
+                    round_ratio(diff * Decimal::from(remaining), Decimal::from(cycle_days), cur, org.rounding).unwrap_or(Decimal::ZERO)
+                } else {
+                    round_line(diff, cur, org.rounding)
+                };
+                let mut l = LineItem::new("ADVANCED_LICENSE_RATE_CARD_AMOUNT", format!("{}: {} → {}", lc.display_name, format_exact(billed), format_exact(q)), format_amount(amount, cur));
+                l.id = Some(format!("lrc.{}", lc.addon_id));
+                l.quantity = Some(format_exact(q - billed));
+                l.metadata.insert("addOnId".into(), lc.addon_id.clone());
+                l.metadata.insert("priceDifference".into(), format_exact(diff));
+                if lc.proration {
+                    l.metadata.insert("prorationFactor".into(), format!("{remaining}/{cycle_days}"));
+                    l.metadata.insert("exactValue".into(), format!("{}/{cycle_days}", format_exact(diff * Decimal::from(remaining))));
+                }
+                adhoc.entry(day).or_default().push((l, amount));
+                billed = q;
+                billed_price = new.exact;
+            }
+        }
+        for (day, items) in adhoc {
+            let t: Decimal = items.iter().map(|i| i.1).sum();
+            let v = format_amount(t, cur);
+            let lines: Vec<(String, Decimal)> = items.iter().map(|i| (i.0.description.clone(), i.1)).collect();
+            let tree = wrap("GRAND_TOTAL_AMOUNT", "Grand total", &v, vec![wrap("TOTAL_AMOUNT", "Total", &v, vec![wrap("NET_AMOUNT", "Net amount", &v, vec![wrap(
+                "GROSS_AMOUNT",
+                "Gross amount",
+                &v,
+                vec![wrap("TOTAL_ADVANCED_FEES", "License increases in advance", &v, items.into_iter().map(|i| i.0).collect())],
+            )])])]);
+            out.push(assemble(&parts, org, as_of, Kind::AdHoc(day), tree, Vec::new(), lines, t));
+        }
         if !adv.is_empty() {
             let v = format_amount(total, cur);
             let tree = wrap("GRAND_TOTAL_AMOUNT", "Grand total", &v, vec![wrap("TOTAL_AMOUNT", "Total", &v, vec![wrap("NET_AMOUNT", "Net amount", &v, vec![wrap(
@@ -436,7 +589,7 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
                 &v,
                 vec![wrap("TOTAL_ADVANCED_FEES", "Fees in advance", &v, adv)],
             )])])]);
-            out.push(assemble(&parts, org, as_of, true, tree, Vec::new(), lines, total));
+            out.push(assemble(&parts, org, as_of, Kind::Advanced, tree, Vec::new(), lines, total));
         }
     }
     let mut order: Vec<usize> = (0..out.len()).filter(|i| out[*i].due).collect();

@@ -11,6 +11,7 @@ pub mod frame;
 pub mod ingest;
 pub mod invoice;
 pub mod jsonlogic;
+pub mod licenses;
 pub mod meter;
 pub mod money;
 pub mod numeric;

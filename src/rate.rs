@@ -11,7 +11,7 @@
 
 use rust_decimal::Decimal;
 
-use crate::catalog::{CardRates, Clamp, PriceType, PricingModel, UsageCard};
+use crate::catalog::{CardRates, Clamp, PriceType, PricingModel, Slab, UsageCard};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlabCharge {
@@ -76,15 +76,20 @@ fn ceil_div(q: Decimal, size: Decimal) -> Decimal {
 
 /// Rate a usage card for a quantity in one currency's rates.
 pub fn rate_usage(card: &UsageCard, rates: &CardRates, quantity: Decimal) -> CardCharge {
-    let n = card.slabs.len();
-    let active_volume = match card.model {
-        PricingModel::Volume => Some(card.slabs.iter().rposition(|s| s.start_after < quantity).unwrap_or(0)),
+    rate_plan(card.model, &card.slabs, rates, quantity)
+}
+
+/// Rate any slab plan (usage and license cards share it) for a quantity.
+pub fn rate_plan(model: PricingModel, plan_slabs: &[Slab], rates: &CardRates, quantity: Decimal) -> CardCharge {
+    let n = plan_slabs.len();
+    let active_volume = match model {
+        PricingModel::Volume => Some(plan_slabs.iter().rposition(|s| s.start_after < quantity).unwrap_or(0)),
         PricingModel::Tiered => None,
     };
     let mut slabs = Vec::with_capacity(n);
     let mut slab_total = Decimal::ZERO;
-    for (i, s) in card.slabs.iter().enumerate() {
-        let upper = card.slabs.get(i + 1).map(|x| x.start_after);
+    for (i, s) in plan_slabs.iter().enumerate() {
+        let upper = plan_slabs.get(i + 1).map(|x| x.start_after);
         let q = match active_volume {
             Some(a) if a == i => quantity.max(Decimal::ZERO),
             Some(_) => Decimal::ZERO,
@@ -128,7 +133,7 @@ pub fn rate_usage(card: &UsageCard, rates: &CardRates, quantity: Decimal) -> Car
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{Slab, SlabRate};
+    use crate::catalog::SlabRate;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 

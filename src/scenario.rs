@@ -28,6 +28,9 @@ struct HandInvoice {
     /// STANDARD (default) or STANDARD_ADVANCED.
     #[serde(default = "standard", rename = "type")]
     invoice_type: String,
+    /// Needed only to tell apart invoices of one window and type (ad-hoc invoices).
+    #[serde(default)]
+    invoice_date: Option<String>,
     status: String,
     total: String,
     #[serde(default)]
@@ -89,7 +92,12 @@ fn check_hand(dir: &Path, report: &RunReport, problems: &mut Vec<String>) {
     };
     let mut seen = 0;
     for h in &hand.invoice {
-        let Some(b) = report.invoices.iter().find(|b| b.invoice.account_id == h.account && b.invoice.start_date.to_string() == h.start_date && b.invoice.invoice_type == h.invoice_type) else {
+        let Some(b) = report.invoices.iter().find(|b| {
+            b.invoice.account_id == h.account
+                && b.invoice.start_date.to_string() == h.start_date
+                && b.invoice.invoice_type == h.invoice_type
+                && h.invoice_date.as_ref().is_none_or(|d| *d == b.invoice.invoice_date.to_string())
+        }) else {
             problems.push(format!("hand.toml: no {} invoice for account {} starting {}", h.invoice_type, h.account, h.start_date));
             continue;
         };

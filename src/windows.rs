@@ -97,6 +97,7 @@ mod tests {
             currencies: vec!["USD".into()],
             usage_cards: vec![],
             fixed_fee_cards: vec![],
+            license_cards: vec![],
             minimum_commitment: None,
             pricing_rules: vec![],
         }

@@ -220,6 +220,21 @@ impl FixedFeeCard {
     }
 }
 
+/// A license rate card: priced on the account's license quantity over the cycle.
+#[derive(Debug, Clone)]
+pub struct LicenseCard {
+    pub display_name: String,
+    pub addon_id: String,
+    pub tag: Option<String>,
+    pub timing: Timing,
+    pub proration: bool,
+    /// Updates beyond this quantity are not granted (DO_NOTHING): the quantity is capped.
+    pub max_quantity: Option<Decimal>,
+    pub model: PricingModel,
+    pub slabs: Vec<Slab>,
+    pub rates: BTreeMap<String, CardRates>,
+}
+
 /// A plan's minimum commitment: the arrears subtotal is trued up to it.
 #[derive(Debug, Clone)]
 pub struct MinimumCommitment {
@@ -235,6 +250,7 @@ pub struct PricePlan {
     pub currencies: Vec<String>,
     pub usage_cards: Vec<UsageCard>,
     pub fixed_fee_cards: Vec<FixedFeeCard>,
+    pub license_cards: Vec<LicenseCard>,
     pub minimum_commitment: Option<MinimumCommitment>,
     /// Sorted by `order`.
     pub pricing_rules: Vec<crate::rules::PricingRule>,
@@ -287,6 +303,8 @@ pub struct Catalog {
     pub plans: BTreeMap<String, PricePlan>,
     pub customers: BTreeMap<String, Customer>,
     pub accounts: BTreeMap<String, Account>,
+    /// (account, license add-on) → absolute quantity from an instant on, sorted by instant.
+    pub licenses: BTreeMap<(String, String), Vec<(DateTime<Utc>, Decimal)>>,
 }
 
 /// Where an object came from, to point diagnostics at it.
@@ -315,6 +333,7 @@ struct RawCatalog {
     accounts: Vec<(Origin, RawAccount)>,
     aliases: Vec<(Origin, String, RawAlias)>,
     schedules: Vec<(Origin, String, RawSchedule)>,
+    license_updates: Vec<(Origin, RawLicenseUpdate)>,
 }
 
 /// Settings the catalog needs from the run configuration.
@@ -375,6 +394,7 @@ const KEYS: &[&str] = &[
     "accounts",
     "accountAliases",
     "accountSchedules",
+    "licenseUpdates",
 ];
 
 fn de<T: DeserializeOwned>(doc: &Doc, file: &Path, path: &str, v: &Value, d: &mut Diagnostics) -> Option<T> {
@@ -454,6 +474,7 @@ fn load_file(file: &Path, text: &str, raw: &mut RawCatalog, d: &mut Diagnostics)
                         "pricePlans" => put!(plans),
                         "customers" => put!(customers),
                         "accounts" => put!(accounts),
+                        "licenseUpdates" => put!(license_updates),
                         _ => unreachable!(),
                     }
                 }
@@ -762,6 +783,44 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
             }
         }
     }
+    // license updates → absolute quantities over time, per (account, license)
+    let mut updates: BTreeMap<(String, String), Vec<(DateTime<Utc>, usize, bool, Decimal)>> = BTreeMap::new();
+    for (i, (o, u)) in raw.license_updates.iter().enumerate() {
+        if !cat.accounts.contains_key(&u.account_id) {
+            d.push(o.diag("accountId", format!("unknown account `{}`", u.account_id)));
+            continue;
+        }
+        if cat.addons.get(&u.license_id).is_none_or(|a| a.kind != "LICENSE") {
+            d.push(o.diag("licenseId", format!("`{}` is not a LICENSE add-on", u.license_id)));
+            continue;
+        }
+        let relative = match u.update_type.as_deref() {
+            None | Some("ABSOLUTE") => false,
+            Some("RELATIVE") => true,
+            Some(t) => {
+                d.push(o.diag("updateType", format!("unknown update type `{t}`, expected ABSOLUTE or RELATIVE")));
+                continue;
+            }
+        };
+        let Some(at) = parse_instant(&u.effective_from) else {
+            d.push(o.diag("effectiveFrom", format!("`{}` is not a date-time", u.effective_from)));
+            continue;
+        };
+        updates.entry((u.account_id.clone(), u.license_id.clone())).or_default().push((at, i, relative, u.quantity.0));
+    }
+    for (key, mut list) in updates {
+        list.sort_by_key(|x| (x.0, x.1));
+        let mut q = Decimal::ZERO;
+        let mut timeline = Vec::new();
+        for (at, _, relative, v) in list {
+            q = if relative { q + v } else { v };
+            if q < Decimal::ZERO {
+                q = Decimal::ZERO;
+            }
+            timeline.push((at, q));
+        }
+        cat.licenses.insert(key, timeline);
+    }
     cat
 }
 
@@ -819,13 +878,13 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
     let mut usage = Vec::new();
     let mut fixed = Vec::new();
     let mut minimum: Option<(String, Option<String>, Value)> = None;
+    let mut licenses: Vec<(String, Option<String>, Option<String>, &RawLicenseRateCard)> = Vec::new();
     let (cycle_raw, currencies, cycle_sub) = match (&p.rate_cards, &p.price_plan_details) {
         (Some(cards), None) => {
             for (i, c) in cards.iter().enumerate() {
                 let sub = format!("rateCards[{i}]");
                 let det = &c.rate_card_details;
                 let unsupported = [
-                    ("licenseRateCard", det.license_rate_card.is_some()),
                     ("billingEntitlementRateCard", det.billing_entitlement_rate_card.is_some()),
                     ("entitlementOverageRateCard", det.entitlement_overage_rate_card.is_some()),
                     ("creditGrantRateCard", det.credit_grant_rate_card.is_some()),
@@ -835,7 +894,7 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
                         d.push(o.diag(&format!("{sub}.rateCardDetails.{name}"), format!("{name} rate cards are not supported yet")));
                     }
                 }
-                let present = [det.usage_rate_card.is_some(), det.fixed_fee_rate_card.is_some(), det.minimum_commitment_rate_card.is_some()].iter().filter(|x| **x).count()
+                let present = [det.usage_rate_card.is_some(), det.fixed_fee_rate_card.is_some(), det.minimum_commitment_rate_card.is_some(), det.license_rate_card.is_some()].iter().filter(|x| **x).count()
                     + unsupported.iter().filter(|x| x.1).count();
                 if present != 1 {
                     d.push(o.diag(&format!("{sub}.rateCardDetails"), "exactly one rate card detail is required"));
@@ -851,16 +910,21 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
                         }
                         minimum = Some((sub, c.display_name.clone().or(c.name.clone()), det.minimum_commitment_rate_card.clone().expect("checked")));
                     }
-                    ("USAGE" | "FIXED_FEE" | "MINIMUM_COMMITMENT", _, _) => d.push(o.diag(&format!("{sub}.type"), format!("type {} does not match its rateCardDetails", c.kind))),
-                    ("LICENSE" | "BILLING_ENTITLEMENT" | "ENTITLEMENT_OVERAGE" | "CREDIT_GRANT", _, _) => {}
+                    ("LICENSE", _, _) if det.license_rate_card.is_some() => {
+                        licenses.push((format!("{sub}.rateCardDetails.licenseRateCard"), c.display_name.clone().or(c.name.clone()), c.tag.clone(), det.license_rate_card.as_ref().expect("checked")))
+                    }
+                    ("USAGE" | "FIXED_FEE" | "MINIMUM_COMMITMENT" | "LICENSE", _, _) => d.push(o.diag(&format!("{sub}.type"), format!("type {} does not match its rateCardDetails", c.kind))),
+                    ("BILLING_ENTITLEMENT" | "ENTITLEMENT_OVERAGE" | "CREDIT_GRANT", _, _) => {}
                     (other, _, _) => d.push(o.diag(&format!("{sub}.type"), format!("unknown rate card type `{other}`"))),
                 }
             }
             (p.pricing_cycle_config.clone(), p.supported_currencies.clone().unwrap_or_default(), "pricingCycleConfig".to_string())
         }
         (None, Some(det)) => {
+            for (i, l) in det.license_rate_cards.iter().enumerate() {
+                licenses.push((format!("pricePlanDetails.licenseRateCards[{i}]"), None, None, l));
+            }
             for (name, n) in [
-                ("licenseRateCards", det.license_rate_cards.len()),
                 ("billingEntitlementRateCards", det.billing_entitlement_rate_cards.len()),
                 ("entitlementOverageRateCards", det.entitlement_overage_rate_cards.len()),
                 ("creditGrantRateCards", det.credit_grant_rate_cards.len()),
@@ -955,6 +1019,49 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
             proration: f.enable_proration,
         });
     }
+    let mut license_cards = Vec::new();
+    for (sub, name, tag, l) in licenses {
+        let Some(addon) = cat.addons.get(&l.id) else {
+            d.push(o.diag(&format!("{sub}.id"), format!("unknown add-on `{}`", l.id)));
+            continue;
+        };
+        if addon.kind != "LICENSE" {
+            d.push(o.diag(&format!("{sub}.id"), format!("add-on `{}` is a {}, {}", l.id, addon.kind, if addon.kind == "NAMED_LICENSE" { "and named licenses are not supported yet" } else { "not a LICENSE" })));
+            continue;
+        }
+        if l.kind.as_deref().is_some_and(|k| k != "LICENSE") {
+            d.push(o.diag(&format!("{sub}.type"), "only LICENSE (not NAMED_LICENSE) license rate cards are supported yet"));
+            continue;
+        }
+        if l.usage_cycle.as_ref().is_some_and(|v| !v.is_null()) {
+            d.push(o.diag(&format!("{sub}.usageCycle"), "usageCycle is not supported yet"));
+            continue;
+        }
+        if l.prorated_refund_mode.as_deref().is_some_and(|m| m != "NONE") {
+            d.push(o.diag(&format!("{sub}.proratedRefundMode"), "prorated refunds are not supported yet (NONE)"));
+            continue;
+        }
+        let timing = match l.invoice_timing.as_deref() {
+            None | Some("IN_ARREARS") => Timing::InArrears,
+            Some("IN_ADVANCE") => Timing::InAdvance,
+            Some(t) => {
+                d.push(o.diag(&format!("{sub}.invoiceTiming"), format!("`{t}` license timing is not supported (IN_ADVANCE, IN_ARREARS)")));
+                continue;
+            }
+        };
+        let Some((model, slabs, rates)) = validate_rate_plan(o, &sub, &l.rate_plan, &l.rate_values, &currencies, d) else { continue };
+        license_cards.push(LicenseCard {
+            display_name: name.or(l.display_name.clone()).or(l.name.clone()).unwrap_or_else(|| addon.display_name.clone()),
+            addon_id: l.id.clone(),
+            tag: tag.or(l.tag.clone()),
+            timing,
+            proration: l.enable_proration,
+            max_quantity: l.config.as_ref().and_then(|c| c.max_quantity.map(|m| m.0)),
+            model,
+            slabs,
+            rates,
+        });
+    }
     let minimum_commitment = minimum.and_then(|(sub, name, v)| {
         let m: RawMinimumCommitment = match serde_json::from_value(v) {
             Ok(m) => m,
@@ -967,7 +1074,7 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
         Some(MinimumCommitment { display_name: name.or(m.display_name).unwrap_or_else(|| "Minimum commitment".into()), rates })
     });
     let pricing_rules = validate_rules(o, p.pricing_rules.as_deref().unwrap_or_default(), &usage_cards, &fixed_fee_cards, d);
-    Some(PricePlan { id: p.id, name: p.name, cycle: cycle?, currencies, usage_cards, fixed_fee_cards, minimum_commitment, pricing_rules })
+    Some(PricePlan { id: p.id, name: p.name, cycle: cycle?, currencies, usage_cards, fixed_fee_cards, license_cards, minimum_commitment, pricing_rules })
 }
 
 fn rate_map(o: &Origin, sub: &str, values: impl Iterator<Item = (String, Decimal)>, currencies: &[String], d: &mut Diagnostics) -> BTreeMap<String, Decimal> {
@@ -986,12 +1093,9 @@ fn rate_map(o: &Origin, sub: &str, values: impl Iterator<Item = (String, Decimal
 }
 
 #[allow(clippy::too_many_arguments)]
-fn validate_usage_card(o: &Origin, sub: &str, name: Option<String>, tag: Option<String>, u: &RawUsageRateCard, currencies: &[String], cat: &Catalog, d: &mut Diagnostics) -> Option<UsageCard> {
-    let Some(meter) = cat.meters.get(&u.usage_meter_id) else {
-        d.push(o.diag(&format!("{sub}.usageMeterId"), format!("unknown usage meter `{}`", u.usage_meter_id)));
-        return None;
-    };
-    let model = match u.rate_plan.pricing_model.as_str() {
+/// A rate plan (slabs) with its per-currency rates, as usage and license cards share them.
+fn validate_rate_plan(o: &Origin, sub: &str, rate_plan: &RawRatePlan, rate_values: &[RawRateValue], currencies: &[String], d: &mut Diagnostics) -> Option<(PricingModel, Vec<Slab>, BTreeMap<String, CardRates>)> {
+    let model = match rate_plan.pricing_model.as_str() {
         "TIERED" => PricingModel::Tiered,
         "VOLUME" => PricingModel::Volume,
         other => {
@@ -999,13 +1103,13 @@ fn validate_usage_card(o: &Origin, sub: &str, name: Option<String>, tag: Option<
             return None;
         }
     };
-    if u.rate_plan.slabs.is_empty() {
+    if rate_plan.slabs.is_empty() {
         d.push(o.diag(&format!("{sub}.ratePlan.slabs"), "at least one slab is required"));
         return None;
     }
     let mut slabs = Vec::new();
     let mut ok = true;
-    for (i, s) in u.rate_plan.slabs.iter().enumerate() {
+    for (i, s) in rate_plan.slabs.iter().enumerate() {
         let ssub = format!("{sub}.ratePlan.slabs[{i}]");
         let price_type = match s.price_type.as_str() {
             "FLAT" => PriceType::Flat,
@@ -1039,7 +1143,7 @@ fn validate_usage_card(o: &Origin, sub: &str, name: Option<String>, tag: Option<
         ok = false;
     }
     let mut rates = BTreeMap::new();
-    for (i, rv) in u.rate_values.iter().enumerate() {
+    for (i, rv) in rate_values.iter().enumerate() {
         let rsub = format!("{sub}.rateValues[{i}]");
         let clamp = Clamp {
             min: config_decimal(o, &format!("{rsub}.rateConfig"), &rv.rate_config, "minimumRate", &["minimumRate", "maximumRate"], d),
@@ -1081,6 +1185,15 @@ fn validate_usage_card(o: &Origin, sub: &str, name: Option<String>, tag: Option<
     if !ok {
         return None;
     }
+    Some((model, slabs, rates))
+}
+
+fn validate_usage_card(o: &Origin, sub: &str, name: Option<String>, tag: Option<String>, u: &RawUsageRateCard, currencies: &[String], cat: &Catalog, d: &mut Diagnostics) -> Option<UsageCard> {
+    let Some(meter) = cat.meters.get(&u.usage_meter_id) else {
+        d.push(o.diag(&format!("{sub}.usageMeterId"), format!("unknown usage meter `{}`", u.usage_meter_id)));
+        return None;
+    };
+    let (model, slabs, rates) = validate_rate_plan(o, sub, &u.rate_plan, &u.rate_values, currencies, d)?;
     Some(UsageCard {
         display_name: name.or(u.display_name.clone()).or(u.name.clone()).unwrap_or_else(|| meter.display_name.clone()),
         meter_id: meter.id.clone(),

@@ -195,7 +195,7 @@ pub struct RawPricePlanDetails {
     #[serde(default)]
     pub fixed_fee_rate_cards: Vec<RawFixedFeeRateCard>,
     #[serde(default)]
-    pub license_rate_cards: Vec<Value>,
+    pub license_rate_cards: Vec<RawLicenseRateCard>,
     #[serde(default)]
     pub billing_entitlement_rate_cards: Vec<Value>,
     #[serde(default)]
@@ -268,7 +268,7 @@ pub struct RawRateCardDetails {
     #[serde(default)]
     pub fixed_fee_rate_card: Option<RawFixedFeeRateCard>,
     #[serde(default)]
-    pub license_rate_card: Option<Value>,
+    pub license_rate_card: Option<RawLicenseRateCard>,
     #[serde(default)]
     pub billing_entitlement_rate_card: Option<Value>,
     #[serde(default)]
@@ -559,4 +559,61 @@ pub struct RawEnrichmentField {
     pub value: Value,
     #[serde(default)]
     pub order: i64,
+}
+
+/// Togai's `LicenseRateCard`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawLicenseRateCard {
+    pub id: String,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub invoice_timing: Option<String>,
+    #[serde(default)]
+    pub usage_cycle: Option<Value>,
+    #[serde(default)]
+    pub enable_proration: bool,
+    #[serde(default)]
+    pub config: Option<RawLicenseConfig>,
+    pub rate_plan: RawRatePlan,
+    pub rate_values: Vec<RawRateValue>,
+    #[serde(default)]
+    pub prorated_refund_mode: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawLicenseConfig {
+    #[serde(default)]
+    pub max_quantity: Option<Dec>,
+    #[serde(default)]
+    pub max_quantity_breach_action: Option<String>,
+}
+
+/// A license update (Togai's `POST /license_updates` request with its account): the quantity of
+/// a license from `effectiveFrom` on, ABSOLUTE or RELATIVE to the quantity before.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawLicenseUpdate {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub license_id: String,
+    pub account_id: String,
+    #[serde(default)]
+    pub update_type: Option<String>,
+    pub quantity: Dec,
+    pub effective_from: String,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub created_at: Option<IgnoredAny>,
 }

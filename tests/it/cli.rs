@@ -66,13 +66,13 @@ fn unsupported_rate_cards_are_refused_not_ignored() {
     copy_dir(&repo().join("fixtures/01-quickstart"), t.path());
     std::fs::write(
         t.path().join("catalog/extra.yaml"),
-        "pricePlans:\n  - id: pp.lic\n    name: Seats\n    pricingCycleConfig: {interval: MONTHLY, gracePeriod: 1}\n    supportedCurrencies: [USD]\n    rateCards:\n      - type: LICENSE\n        rateCardDetails:\n          licenseRateCard: {id: addon.seat}\n",
+        "pricePlans:\n  - id: pp.lic\n    name: Seats\n    pricingCycleConfig: {interval: MONTHLY, gracePeriod: 1}\n    supportedCurrencies: [USD]\n    rateCards:\n      - type: CREDIT_GRANT\n        rateCardDetails:\n          creditGrantRateCard: {id: addon.credits}\n",
     )
     .unwrap();
     let out = billrun().args(["validate", "--config"]).arg(t.path().join("billrun.toml")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("extra.yaml") && err.contains("licenseRateCard rate cards are not supported yet"), "{err}");
+    assert!(err.contains("extra.yaml") && err.contains("creditGrantRateCard rate cards are not supported yet"), "{err}");
 }
 
 #[test]
