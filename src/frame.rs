@@ -99,7 +99,12 @@ fn normalise_attribute(a: &ArrayRef, column: &str) -> Result<Normalised, FrameEr
         ADataType::Utf8 | ADataType::LargeUtf8 | ADataType::Utf8View | ADataType::UInt64 => {
             let c = arrow::compute::cast(a, &ADataType::Utf8)?;
             let c = c.as_any().downcast_ref::<StringArray>().expect("utf8");
-            let parsed: Vec<Option<(i128, u32)>> = c.iter().map(|s| s.and_then(numeric::parse_text).filter(|(_, sc)| *sc <= MAX_ATTR_SCALE)).collect();
+            // a value must be an exact decimal that billing arithmetic can hold (rust_decimal's
+            // 28-29 significant digits); anything else is flagged and rejected as UNITS_INVALID
+            let parsed: Vec<Option<(i128, u32)>> = c
+                .iter()
+                .map(|s| s.and_then(numeric::parse_text).filter(|(m, sc)| *sc <= MAX_ATTR_SCALE && numeric::to_decimal(*m, *sc).is_some()))
+                .collect();
             let scale = parsed.iter().flatten().map(|(_, s)| *s).max().unwrap_or(0);
             let mut bad = vec![false; n];
             let mut raw = vec![None; n];

@@ -74,7 +74,9 @@ fn binary_num(a: Num, b: Num, op: Op) -> Result<Val, String> {
     let (sa, sb) = (scale_of(&a), scale_of(&b));
     let out = match op {
         Op::Add | Op::Sub | Op::Min | Op::Max => sa.max(sb),
-        Op::Mul => sa + sb,
+        // a product with more than MAX_SCALE places keeps MAX_SCALE, exactly: an event whose
+        // product has non-zero digits beyond it gets no units (rejected), never a rounded value
+        Op::Mul => (sa + sb).min(MAX_SCALE),
         Op::Div => 4,
         _ => unreachable!(),
     };
@@ -111,7 +113,17 @@ fn binary_num(a: Num, b: Num, op: Op) -> Result<Val, String> {
             Op::Sub => numeric::binary(x, y, out, |p, q| p.checked_sub(q)),
             Op::Min => numeric::binary(x, y, out, |p, q| Some(p.min(q))),
             Op::Max => numeric::binary(x, y, out, |p, q| Some(p.max(q))),
-            Op::Mul => numeric::binary(x, y, out, |p, q| p.checked_mul(q).and_then(|v| numeric::upscale(v, 0, 0))),
+            Op::Mul => {
+                let drop = sa + sb - out;
+                numeric::binary(x, y, out, move |p, q| {
+                    let v = p.checked_mul(q)?;
+                    let f = numeric::pow10(drop)?;
+                    if v % f != 0 {
+                        return None;
+                    }
+                    numeric::upscale(v / f, 0, 0)
+                })
+            }
             Op::Div => numeric::binary(x, y, out, |p, q| numeric::div4(p, sa, q, sb)),
             _ => unreachable!(),
         }

@@ -52,7 +52,13 @@ pub fn const_parts(d: Decimal) -> (i128, u32) {
 }
 
 /// Decimal constant back from a mantissa at a scale (`None` beyond rust_decimal's range).
+/// Trailing zeros are dropped first, so a wide scale does not make a plain value unrepresentable.
 pub fn to_decimal(v: i128, scale: u32) -> Option<Decimal> {
+    let (mut v, mut scale) = (v, scale);
+    while scale > 0 && v % 10 == 0 {
+        v /= 10;
+        scale -= 1;
+    }
     Decimal::try_from_i128_with_scale(v, scale).ok()
 }
 
@@ -161,5 +167,8 @@ mod tests {
         assert_eq!(parse_text("abc"), None);
         assert_eq!(parse_text(""), None);
         assert_eq!(parse_text("999999999999999999999999999999999999999"), None);
+        // 10000 at scale 28 has a 33-digit mantissa but is a plain 10000
+        assert_eq!(to_decimal(10i128.pow(32), 28).unwrap().to_string(), "10000");
+        assert!(to_decimal(10i128.pow(32) + 1, 28).is_none());
     }
 }
