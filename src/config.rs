@@ -70,18 +70,31 @@ pub struct RawCatalog {
     pub dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum StoreKind {
+/// Where a run's outputs go: a local directory or an S3 bucket (a prefix in it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum RawStore {
     #[serde(rename = "local")]
-    Local,
+    Local { path: PathBuf },
+    #[serde(rename = "s3")]
+    S3(billrun_connectors::s3::S3StoreConfig),
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawStore {
-    #[serde(rename = "type")]
-    pub kind: StoreKind,
-    pub path: PathBuf,
+/// The validated store.
+#[derive(Debug, Clone)]
+pub enum StoreTarget {
+    Local(PathBuf),
+    S3(billrun_connectors::s3::S3StoreConfig),
+}
+
+impl StoreTarget {
+    /// A human description for logs and messages (never a secret).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreTarget::Local(p) => p.display().to_string(),
+            StoreTarget::S3(c) => format!("s3://{}/{}", c.bucket, c.prefix),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,7 +124,7 @@ pub struct Config {
     pub as_of: Option<NaiveDate>,
     pub catalog_dir: PathBuf,
     pub sources: Vec<SourceConfig>,
-    pub store_dir: PathBuf,
+    pub store: StoreTarget,
     pub templates_dir: Option<PathBuf>,
 }
 
@@ -183,6 +196,12 @@ pub fn interpolate(text: &str, file: &Path, env: &dyn Fn(&str) -> Option<String>
             match rest[i..].find('}') {
                 Some(j) => {
                     let name = &rest[i + 2..i + j];
+                    // the query window placeholders of SQL sources are bound by the connector
+                    if matches!(name, "startTime" | "endTime") {
+                        out.push_str(&rest[i..i + j + 1]);
+                        rest = &rest[i + j + 1..];
+                        continue;
+                    }
                     let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
                     match (valid, env(name)) {
                         (true, Some(v)) if !v.contains('\n') => out.push_str(&v),
@@ -308,7 +327,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Diagnostics> {
                 s
             })
             .collect(),
-        store_dir: resolve(&raw.store.path),
+        store: match raw.store {
+            RawStore::Local { path } => StoreTarget::Local(resolve(&path)),
+            RawStore::S3(c) => StoreTarget::S3(c),
+        },
         templates_dir: raw.templates.map(|t| resolve(&t.dir)),
     })
 }
@@ -366,6 +388,12 @@ path = "out"
         assert_eq!(e.0.len(), 3, "{e}");
         let s = e.to_string();
         assert!(s.contains("organization.base_currency") && s.contains("organization.time_zone") && s.contains("organization.invoice_sequence"), "{s}");
+    }
+
+    #[test]
+    fn query_window_placeholders_are_left_for_the_connector() {
+        let out = interpolate("q = \"SELECT * WHERE ts >= '${startTime}' AND ts < '${endTime}' AND x = '${X}'\"", Path::new("b.toml"), &|k| (k == "X").then(|| "1".into())).unwrap();
+        assert_eq!(out, "q = \"SELECT * WHERE ts >= '${startTime}' AND ts < '${endTime}' AND x = '1'\"");
     }
 
     #[test]

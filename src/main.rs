@@ -97,7 +97,7 @@ fn main() -> ExitCode {
                         "{} invoices ({} due) written to {}; {} events read, {} used, {} rejected",
                         r.invoices.len(),
                         r.invoices.iter().filter(|b| b.due).count(),
-                        r.store.display(),
+                        r.store,
                         r.events_read,
                         r.events_used,
                         r.events_read - r.events_used

@@ -25,6 +25,7 @@ use crate::windows::plan_windows;
 use billrun_connectors::file::BadRecord;
 use billrun_connectors::{read_source, ReadWindow};
 use billrun_connectors::schema::{ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
+use billrun_connectors::s3::{S3Staging, Store};
 use billrun_connectors::store::Staging;
 
 pub const MANIFEST: &str = "manifest.json";
@@ -43,7 +44,8 @@ pub struct RunOptions {
 /// Everything a run produced, in memory.
 pub struct RunReport {
     pub as_of: NaiveDate,
-    pub store: PathBuf,
+    /// Where the outputs went (a directory or an s3:// prefix).
+    pub store: String,
     pub invoices: Vec<BuiltInvoice>,
     pub counts: BTreeMap<Reason, u64>,
     pub events_read: u64,
@@ -345,9 +347,16 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     });
     debug_assert_eq!(events_read, events_used + rejected, "every event is used or rejected");
 
-    let store = opts.out.clone().unwrap_or_else(|| cfg.store_dir.clone());
+    let store = match &opts.out {
+        Some(dir) => crate::config::StoreTarget::Local(dir.clone()),
+        None => cfg.store.clone(),
+    };
     let pb = progress("writing the store");
-    let mut staging = Staging::begin(&store)?;
+    let mut staging: Box<dyn Store> = match &store {
+        crate::config::StoreTarget::Local(dir) => Box::new(Staging::begin(dir)?),
+        // a run's S3 namespace is its as-of date: a second commit of the same run is refused
+        crate::config::StoreTarget::S3(c) => Box::new(S3Staging::begin(c, &as_of.to_string())?),
+    };
     for (k, b) in &files {
         staging.put(k, b)?;
     }
@@ -356,6 +365,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     staging.put(MANIFEST, &mb)?;
     staging.commit()?;
     drop(pb);
-    tracing::info!(invoices = invoices.len(), due, events_read, events_used, rejected, seconds = t0.elapsed().as_secs_f64(), store = %store.display(), "bill run complete");
+    let store = store.describe();
+    tracing::info!(invoices = invoices.len(), due, events_read, events_used, rejected, seconds = t0.elapsed().as_secs_f64(), store = %store, "bill run complete");
     Ok(RunReport { as_of, store, invoices, counts, events_read, events_used, manifest })
 }

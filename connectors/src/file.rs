@@ -1,5 +1,7 @@
 //! The local-files source: NDJSON (Togai events), CSV and Parquet files under
-//! one root directory, read through `object_store`'s `LocalFileSystem`.
+//! one root directory, read through `object_store`'s `LocalFileSystem`. The
+//! decoders work over any `dyn ObjectStore` ([`read_objects`]); the S3 source
+//! uses the same path.
 //!
 //! Files are listed recursively and read in path order; rows keep file order.
 //! Per-row problems become [`BadRecord`]s (never dropped, never a panic);
@@ -150,13 +152,14 @@ pub(crate) struct FileOutput {
 /// Per-file context for errors and bad records.
 #[derive(Debug, Clone)]
 pub(crate) struct FileCtx {
+    pub connector: &'static str,
     pub source_name: String,
     pub path: String,
 }
 
 impl FileCtx {
     pub fn error(&self, kind: ErrorKind, message: impl Into<String>) -> ConnectorError {
-        ConnectorError::new(CONNECTOR, &self.source_name, &self.path, kind, message)
+        ConnectorError::new(self.connector, &self.source_name, &self.path, kind, message)
     }
 
     pub fn arrow_error(&self, e: arrow::error::ArrowError) -> ConnectorError {
@@ -202,7 +205,32 @@ pub async fn read_files(cfg: &FileSourceConfig) -> Result<SourceOutput, Connecto
         .try_collect()
         .await
         .map_err(|e| root_err(ErrorKind::Io, format!("cannot list files: {e}")))?;
+    tracing::debug!(source = %cfg.name, root = %root_loc, objects = listed.len(), "listed files");
+    let src = ObjectSource {
+        connector: CONNECTOR,
+        name: &cfg.name,
+        store: store as Arc<dyn ObjectStore>,
+        display_prefix: String::new(),
+        format: cfg.format,
+        mapping: cfg.mapping.as_ref(),
+    };
+    read_objects(&src, listed).await
+}
 
+/// A set of objects in one store, read as one source (local files, S3).
+pub(crate) struct ObjectSource<'a> {
+    pub connector: &'static str,
+    pub name: &'a str,
+    pub store: Arc<dyn ObjectStore>,
+    /// Prepended to object keys in locations (`""` for local files, `s3://bucket/` for S3).
+    pub display_prefix: String,
+    pub format: Option<FileFormat>,
+    pub mapping: Option<&'a ColumnMapping>,
+}
+
+/// Read `listed` objects (any order; filtered and sorted here) with the shared decoders:
+/// hidden names and other extensions are skipped, the rest read in key order.
+pub(crate) async fn read_objects(src: &ObjectSource<'_>, listed: Vec<ObjectMeta>) -> Result<SourceOutput, ConnectorError> {
     let mut files: Vec<(String, FileFormat, ObjectMeta)> = listed
         .into_iter()
         .filter_map(|meta| {
@@ -211,42 +239,52 @@ pub async fn read_files(cfg: &FileSourceConfig) -> Result<SourceOutput, Connecto
                 return None;
             }
             let format = FileFormat::from_extension(meta.location.extension()?)?;
-            if cfg.format.is_some_and(|f| f != format) {
+            if src.format.is_some_and(|f| f != format) {
                 return None;
             }
             Some((path, format, meta))
         })
         .collect();
     files.sort_by(|a, b| a.0.cmp(&b.0));
-    tracing::debug!(source = %cfg.name, root = %root_loc, files = files.len(), "listed files");
+    files.dedup_by(|a, b| a.0 == b.0);
 
     let mut out = SourceOutput::default();
     for (path, format, meta) in files {
+        let shown = format!("{}{path}", src.display_prefix);
         let ctx = FileCtx {
-            source_name: cfg.name.clone(),
-            path: path.clone(),
+            connector: src.connector,
+            source_name: src.name.to_string(),
+            path: shown.clone(),
+        };
+        let require_mapping = |what: &str| {
+            src.mapping.ok_or_else(|| {
+                ctx.error(
+                    ErrorKind::Config,
+                    format!("{what} files need a column mapping (event_id, account_id, timestamp, ...)"),
+                )
+            })
         };
         let file_out = match format {
             FileFormat::Ndjson => {
-                let data = get_bytes(&ctx, &store, &meta).await?;
+                let data = get_bytes(&ctx, src.store.as_ref(), &meta).await?;
                 let ctx2 = ctx.clone();
                 run_blocking(&ctx, move || ndjson::read_ndjson(&ctx2, &data)).await??
             }
             FileFormat::Csv => {
-                let mapping = require_mapping(&ctx, cfg, "CSV")?.clone();
-                let data = get_bytes(&ctx, &store, &meta).await?;
+                let mapping = require_mapping("CSV")?.clone();
+                let data = get_bytes(&ctx, src.store.as_ref(), &meta).await?;
                 let ctx2 = ctx.clone();
                 run_blocking(&ctx, move || csv::read_csv(&ctx2, &data, &mapping)).await??
             }
             FileFormat::Parquet => {
-                let mapping = require_mapping(&ctx, cfg, "Parquet")?;
-                parquet::read_parquet(&ctx, Arc::clone(&store), &meta, mapping).await?
+                let mapping = require_mapping("Parquet")?;
+                parquet::read_parquet(&ctx, Arc::clone(&src.store), &meta, mapping).await?
             }
         };
         let rows: usize = file_out.batches.iter().map(RecordBatch::num_rows).sum();
         tracing::debug!(
-            source = %cfg.name,
-            file = %path,
+            source = %src.name,
+            file = %shown,
             format = ?format,
             bytes = meta.size,
             rows,
@@ -256,34 +294,22 @@ pub async fn read_files(cfg: &FileSourceConfig) -> Result<SourceOutput, Connecto
         out.batches.extend(file_out.batches);
         out.bad_records.extend(file_out.bad_records);
         out.files.push(SourceFile {
-            path,
+            path: shown,
             bytes: meta.size,
         });
     }
     tracing::info!(
-        source = %cfg.name,
+        source = %src.name,
+        connector = src.connector,
         files = out.files.len(),
         rows = out.num_rows(),
         bad_records = out.bad_records.len(),
-        "files source read"
+        "source read"
     );
     Ok(out)
 }
 
-fn require_mapping<'a>(
-    ctx: &FileCtx,
-    cfg: &'a FileSourceConfig,
-    what: &str,
-) -> Result<&'a ColumnMapping, ConnectorError> {
-    cfg.mapping.as_ref().ok_or_else(|| {
-        ctx.error(
-            ErrorKind::Config,
-            format!("{what} files need a column mapping (event_id, account_id, timestamp, ...)"),
-        )
-    })
-}
-
-fn validate_mapping(m: &ColumnMapping) -> Result<(), String> {
+pub(crate) fn validate_mapping(m: &ColumnMapping) -> Result<(), String> {
     for (field, col) in [
         ("event_id", &m.event_id),
         ("account_id", &m.account_id),
@@ -324,7 +350,7 @@ fn validate_mapping(m: &ColumnMapping) -> Result<(), String> {
 
 async fn get_bytes(
     ctx: &FileCtx,
-    store: &LocalFileSystem,
+    store: &dyn ObjectStore,
     meta: &ObjectMeta,
 ) -> Result<bytes::Bytes, ConnectorError> {
     let io = |e: object_store::Error| ctx.error(ErrorKind::Io, format!("cannot read file: {e}"));

@@ -19,9 +19,13 @@
 
 pub mod error;
 pub mod file;
+pub mod postgres;
+pub mod prometheus;
+pub mod s3;
 mod rows;
 pub mod schema;
 pub mod source;
+pub mod sql;
 pub mod store;
 
 pub use error::{ConnectorError, ErrorKind};

@@ -7,10 +7,14 @@ use serde::Deserialize;
 
 use crate::error::ConnectorError;
 use crate::file::{read_files, ColumnMapping, FileFormat, FileSourceConfig, SourceOutput};
+use crate::postgres::{read_postgres, PostgresConfig};
+use crate::prometheus::{read_prometheus, PrometheusConfig};
+use crate::s3::{read_s3, S3SourceConfig};
 
 /// One source as written in the run configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", deny_unknown_fields)]
+#[allow(clippy::large_enum_variant)]
 pub enum SourceConfig {
     /// Local files (NDJSON of Togai events, CSV or Parquet with a column mapping).
     #[serde(rename = "files")]
@@ -23,6 +27,15 @@ pub enum SourceConfig {
         #[serde(default)]
         mapping: Option<ColumnMapping>,
     },
+    /// A SQL query against PostgreSQL (see `postgres.rs`).
+    #[serde(rename = "postgres")]
+    Postgres(PostgresConfig),
+    /// NDJSON/CSV/Parquet objects in an S3 bucket, pruned by date partition (see `s3.rs`).
+    #[serde(rename = "s3")]
+    S3(S3SourceConfig),
+    /// A PromQL range query (see `prometheus.rs`).
+    #[serde(rename = "prometheus")]
+    Prometheus(PrometheusConfig),
 }
 
 /// The event-time window a run needs, in microseconds since the epoch (UTC), half-open.
@@ -38,6 +51,9 @@ impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Files { name, .. } => name,
+            SourceConfig::Postgres(c) => &c.name,
+            SourceConfig::S3(c) => &c.name,
+            SourceConfig::Prometheus(c) => &c.name,
         }
     }
 
@@ -49,6 +65,8 @@ impl SourceConfig {
                     *path = base.join(&*path);
                 }
             }
+            SourceConfig::Postgres(c) => c.resolve_paths(base),
+            SourceConfig::S3(_) | SourceConfig::Prometheus(_) => {}
         }
     }
 
@@ -66,16 +84,22 @@ impl SourceConfig {
                     }
                 }
             }
+            SourceConfig::Postgres(c) => c.validate(&mut out),
+            SourceConfig::S3(c) => c.validate(&mut out),
+            SourceConfig::Prometheus(c) => c.validate(&mut out),
         }
         out
     }
 }
 
 /// Read one source.
-pub async fn read_source(cfg: &SourceConfig, _window: &ReadWindow) -> Result<SourceOutput, ConnectorError> {
+pub async fn read_source(cfg: &SourceConfig, window: &ReadWindow) -> Result<SourceOutput, ConnectorError> {
     match cfg {
         SourceConfig::Files { name, path, format, mapping } => {
             read_files(&FileSourceConfig { name: name.clone(), root: path.clone(), format: *format, mapping: mapping.clone() }).await
         }
+        SourceConfig::Postgres(c) => read_postgres(c, window).await,
+        SourceConfig::S3(c) => read_s3(c, window).await,
+        SourceConfig::Prometheus(c) => read_prometheus(c, window).await,
     }
 }

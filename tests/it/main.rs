@@ -2,6 +2,8 @@
 //! property tests over generated usage.
 
 mod cli;
+mod connectors;
+mod hostile;
 mod properties;
 
 use std::path::{Path, PathBuf};

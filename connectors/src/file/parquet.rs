@@ -18,7 +18,6 @@ use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectMeta, ObjectStore};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
@@ -34,7 +33,7 @@ use crate::schema::{self, UTC};
 
 /// Ranged reads of one object for parquet's async reader.
 struct StoreReader {
-    store: Arc<LocalFileSystem>,
+    store: Arc<dyn ObjectStore>,
     path: Path,
     size: u64,
 }
@@ -200,7 +199,7 @@ struct Target {
 
 pub(crate) async fn read_parquet(
     ctx: &FileCtx,
-    store: Arc<LocalFileSystem>,
+    store: Arc<dyn ObjectStore>,
     meta: &ObjectMeta,
     mapping: &ColumnMapping,
 ) -> Result<FileOutput, ConnectorError> {
