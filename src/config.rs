@@ -210,8 +210,7 @@ pub fn interpolate(text: &str, file: &Path, env: &dyn Fn(&str) -> Option<String>
                                 .at(Some((lineno + 1, i + 1))),
                         ),
                         (true, None) => diags.push(
-                            Diagnostic::new(file, "", format!("environment variable `{name}` is not set"))
-                                .at(Some((lineno + 1, i + 1))),
+                            Diagnostic::new(file, "", format!("environment variable `{name}` is not set")).at(Some((lineno + 1, i + 1))),
                         ),
                         (false, _) => diags.push(
                             Diagnostic::new(file, "", format!("`${{{name}}}` is not a valid environment variable reference"))
@@ -228,7 +227,11 @@ pub fn interpolate(text: &str, file: &Path, env: &dyn Fn(&str) -> Option<String>
         }
         out.push_str(rest);
     }
-    if diags.is_empty() { Ok(out) } else { Err(diags) }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(diags)
+    }
 }
 
 /// Read, interpolate, parse and validate `billrun.toml`.
@@ -275,7 +278,11 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Diagnostics> {
         Currency { code: o.base_currency.clone(), minor_units: 2 }
     });
     let time_zone: Tz = o.time_zone.parse().unwrap_or_else(|_| {
-        d.push(Diagnostic::new(path, "organization.time_zone", format!("`{}` is not an IANA time zone (e.g. \"UTC\", \"Europe/Berlin\")", o.time_zone)));
+        d.push(Diagnostic::new(
+            path,
+            "organization.time_zone",
+            format!("`{}` is not an IANA time zone (e.g. \"UTC\", \"Europe/Berlin\")", o.time_zone),
+        ));
         Tz::UTC
     });
     let invoice_sequence = SequenceFormat::parse(&o.invoice_sequence).unwrap_or_else(|e| {
@@ -387,12 +394,19 @@ path = "out"
         let e = parse(&bad, Path::new("b.toml"), &|_| None).unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
         let s = e.to_string();
-        assert!(s.contains("organization.base_currency") && s.contains("organization.time_zone") && s.contains("organization.invoice_sequence"), "{s}");
+        assert!(
+            s.contains("organization.base_currency") && s.contains("organization.time_zone") && s.contains("organization.invoice_sequence"),
+            "{s}"
+        );
     }
 
     #[test]
     fn query_window_placeholders_are_left_for_the_connector() {
-        let out = interpolate("q = \"SELECT * WHERE ts >= '${startTime}' AND ts < '${endTime}' AND x = '${X}'\"", Path::new("b.toml"), &|k| (k == "X").then(|| "1".into())).unwrap();
+        let out =
+            interpolate("q = \"SELECT * WHERE ts >= '${startTime}' AND ts < '${endTime}' AND x = '${X}'\"", Path::new("b.toml"), &|k| {
+                (k == "X").then(|| "1".into())
+            })
+            .unwrap();
         assert_eq!(out, "q = \"SELECT * WHERE ts >= '${startTime}' AND ts < '${endTime}' AND x = '1'\"");
     }
 

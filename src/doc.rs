@@ -157,9 +157,7 @@ impl Builder {
                         Value::Number(n) => n.to_string(),
                         Value::Bool(b) => b.to_string(),
                         Value::Null => "null".into(),
-                        Value::Object(o) if o.contains_key(DECIMAL_KEY) => {
-                            o[DECIMAL_KEY].as_str().unwrap_or_default().to_string()
-                        }
+                        Value::Object(o) if o.contains_key(DECIMAL_KEY) => o[DECIMAL_KEY].as_str().unwrap_or_default().to_string(),
                         _ => {
                             self.error.get_or_insert(DocError {
                                 line: mark.line(),
@@ -362,9 +360,7 @@ impl<'de> serde::Deserialize<'de> for Dec {
                 Err(E::custom("binary floating point is not accepted for exact values"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dec, E> {
-                parse_decimal(v)
-                    .map(Dec)
-                    .ok_or_else(|| E::custom(format!("`{v}` is not a decimal number (at most 28 significant digits)")))
+                parse_decimal(v).map(Dec).ok_or_else(|| E::custom(format!("`{v}` is not a decimal number (at most 28 significant digits)")))
             }
             fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Dec, A::Error> {
                 let key: Option<String> = map.next_key()?;

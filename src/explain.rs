@@ -113,8 +113,15 @@ pub fn to_text(e: &Value) -> String {
     let w = &e["window"];
     t.push_str(&format!(
         "Account {} · plan {} · window {} – {} (cycle {} – {}, cycle #{} of the schedule) · grace ends {} · as of {}\n",
-        s(&e["account"]), s(&e["pricePlan"]), s(&w["start"]), s(&w["endInclusive"]), s(&w["cycleStart"]), s(&w["cycleEndInclusive"]),
-        s(&w["cycleNumber"]), s(&w["dueOn"]), s(&e["asOf"])
+        s(&e["account"]),
+        s(&e["pricePlan"]),
+        s(&w["start"]),
+        s(&w["endInclusive"]),
+        s(&w["cycleStart"]),
+        s(&w["cycleEndInclusive"]),
+        s(&w["cycleNumber"]),
+        s(&w["dueOn"]),
+        s(&e["asOf"])
     ));
     t.push_str(&format!("Events counted in this window: {}\n", s(&e["events"]["counted"])));
     if let Some(r) = e["events"]["rejected"].as_object().filter(|r| !r.is_empty()) {
@@ -126,8 +133,12 @@ pub fn to_text(e: &Value) -> String {
     for inv in e["invoices"].as_array().into_iter().flatten() {
         t.push_str(&format!(
             "\nInvoice {} ({}, {}{}) in {}, rounding {}\n",
-            s(&inv["id"]), s(&inv["invoiceType"]), s(&inv["status"]),
-            inv["sequenceId"].as_str().map(|x| format!(", {x}")).unwrap_or_default(), s(&inv["currency"]), s(&inv["rounding"])
+            s(&inv["id"]),
+            s(&inv["invoiceType"]),
+            s(&inv["status"]),
+            inv["sequenceId"].as_str().map(|x| format!(", {x}")).unwrap_or_default(),
+            s(&inv["currency"]),
+            s(&inv["rounding"])
         ));
         for u in inv["usage"].as_array().into_iter().flatten() {
             t.push_str(&format!("  meter {} ({}): quantity {}\n", s(&u["meter"]), s(&u["description"]), s(&u["quantity"])));
@@ -137,12 +148,21 @@ pub fn to_text(e: &Value) -> String {
             t.push_str(&format!("  {} [{}{}]\n", s(&l["description"]), s(&l["type"]), q));
             for p in l["parts"].as_array().into_iter().flatten() {
                 match p["type"].as_str() {
-                    Some("RATE_CONFIG_ADJUSTMENT_AMOUNT") | Some("PRICING_RULE_REVENUE_UPDATE_AMOUNT") | Some("PRICING_RULE_USAGE_UPDATE_AMOUNT") => {
+                    Some("RATE_CONFIG_ADJUSTMENT_AMOUNT")
+                    | Some("PRICING_RULE_REVENUE_UPDATE_AMOUNT")
+                    | Some("PRICING_RULE_USAGE_UPDATE_AMOUNT") => {
                         t.push_str(&format!("    {}: adjustment {}\n", s(&p["description"]), s(&p["value"])))
                     }
                     _ => {
                         let pk = p["metadata"]["packageQuantity"].as_str().map(|x| format!(" ({x} packages)")).unwrap_or_default();
-                        t.push_str(&format!("    {}: {} × {}{} = {}\n", s(&p["description"]), s(&p["quantity"]), s(&p["rate"]), pk, s(&p["value"])));
+                        t.push_str(&format!(
+                            "    {}: {} × {}{} = {}\n",
+                            s(&p["description"]),
+                            s(&p["quantity"]),
+                            s(&p["rate"]),
+                            pk,
+                            s(&p["value"])
+                        ));
                     }
                 }
             }

@@ -67,9 +67,12 @@ fn micros(a: &ArrayRef, column: &str) -> Result<ArrayRef, FrameError> {
 fn text(a: &ArrayRef, column: &str) -> Result<ArrayRef, FrameError> {
     match a.data_type() {
         ADataType::Utf8 => Ok(a.clone()),
-        ADataType::Null | ADataType::LargeUtf8 | ADataType::Utf8View | ADataType::Dictionary(_, _) | ADataType::Int64 | ADataType::Int32 => {
-            Ok(arrow::compute::cast(a, &ADataType::Utf8)?)
-        }
+        ADataType::Null
+        | ADataType::LargeUtf8
+        | ADataType::Utf8View
+        | ADataType::Dictionary(_, _)
+        | ADataType::Int64
+        | ADataType::Int32 => Ok(arrow::compute::cast(a, &ADataType::Utf8)?),
         dt => Err(FrameError::Type { column: column.into(), dtype: dt.to_string(), what: "text" }),
     }
 }
@@ -87,7 +90,13 @@ fn normalise_attribute(a: &ArrayRef, column: &str) -> Result<Normalised, FrameEr
     let n = a.len();
     match a.data_type() {
         ADataType::Null => Ok(Normalised { values: vec![None; n], scale: 0, bad: vec![false; n], raw: vec![None; n] }),
-        ADataType::Int8 | ADataType::Int16 | ADataType::Int32 | ADataType::Int64 | ADataType::UInt8 | ADataType::UInt16 | ADataType::UInt32 => {
+        ADataType::Int8
+        | ADataType::Int16
+        | ADataType::Int32
+        | ADataType::Int64
+        | ADataType::UInt8
+        | ADataType::UInt16
+        | ADataType::UInt32 => {
             let c = arrow::compute::cast(a, &ADataType::Int64)?;
             let c = c.as_primitive::<Int64Type>();
             Ok(Normalised { values: c.iter().map(|v| v.map(i128::from)).collect(), scale: 0, bad: vec![false; n], raw: vec![None; n] })
@@ -220,21 +229,25 @@ mod tests {
             Field::new(TIMESTAMP, ADataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
             Field::new("attributes.x", ADataType::Utf8, true),
         ]));
-        let b1 = RecordBatch::try_new(s1, vec![
-            Arc::new(StringArray::from(vec![Some("a"), Some("b"), Some("c")])),
-            Arc::new(TimestampMicrosecondArray::from(vec![1, 2, 3]).with_timezone("UTC")),
-            Arc::new(StringArray::from(vec![Some("0.123456789012345678"), Some("abc"), None])),
-        ]).unwrap();
+        let b1 = RecordBatch::try_new(
+            s1,
+            vec![
+                Arc::new(StringArray::from(vec![Some("a"), Some("b"), Some("c")])),
+                Arc::new(TimestampMicrosecondArray::from(vec![1, 2, 3]).with_timezone("UTC")),
+                Arc::new(StringArray::from(vec![Some("0.123456789012345678"), Some("abc"), None])),
+            ],
+        )
+        .unwrap();
         let s2 = Arc::new(Schema::new(vec![
             Field::new(EVENT_ID, ADataType::Utf8, true),
             Field::new("attributes.x", ADataType::Int64, true),
             Field::new("dimensions.region", ADataType::Utf8, true),
         ]));
-        let b2 = RecordBatch::try_new(s2, vec![
-            Arc::new(StringArray::from(vec!["d"])),
-            Arc::new(Int64Array::from(vec![7])),
-            Arc::new(StringArray::from(vec!["eu"])),
-        ]).unwrap();
+        let b2 = RecordBatch::try_new(
+            s2,
+            vec![Arc::new(StringArray::from(vec!["d"])), Arc::new(Int64Array::from(vec![7])), Arc::new(StringArray::from(vec!["eu"]))],
+        )
+        .unwrap();
         let f = build(&[b1, b2]).unwrap();
         assert_eq!(f.df.height(), 4);
         assert_eq!(f.columns.attributes["x"], 18);

@@ -288,10 +288,12 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
                 let overflow = || IngestError::Overflow { meter: m.meter_id.clone(), window: w };
                 let value = match m.aggregation {
                     Aggregation::Count | Aggregation::UniqueCount => q.u64()?.get(row).map(Decimal::from),
-                    Aggregation::Sum | Aggregation::Max | Aggregation::Min | Aggregation::Latest => match q.decimal()?.physical().get(row) {
-                        None => None,
-                        Some(v) => Some(numeric::to_decimal(v, m.scale).ok_or_else(overflow)?),
-                    },
+                    Aggregation::Sum | Aggregation::Max | Aggregation::Min | Aggregation::Latest => {
+                        match q.decimal()?.physical().get(row) {
+                            None => None,
+                            Some(v) => Some(numeric::to_decimal(v, m.scale).ok_or_else(overflow)?),
+                        }
+                    }
                     Aggregation::Average => {
                         let n = agg.column(&format!("__n_{i}"))?.u64()?.get(row).unwrap_or(0);
                         match (q.decimal()?.physical().get(row), n) {

@@ -43,7 +43,16 @@ pub struct LineItem {
 
 impl LineItem {
     fn new(kind: &str, description: impl Into<String>, value: String) -> Self {
-        LineItem { id: None, kind: kind.into(), description: description.into(), quantity: None, value_per_quantity: None, value, metadata: BTreeMap::new(), line_items: Vec::new() }
+        LineItem {
+            id: None,
+            kind: kind.into(),
+            description: description.into(),
+            quantity: None,
+            value_per_quantity: None,
+            value,
+            metadata: BTreeMap::new(),
+            line_items: Vec::new(),
+        }
     }
 }
 
@@ -132,13 +141,28 @@ fn slab_description(c: &crate::rate::SlabCharge) -> String {
     format!("Slab {} ({} – {}] {}", c.order, format_exact(c.start_after), upper, c.price_type.as_str())
 }
 
-fn card_line(id: String, description: &str, meter_id: &str, model: PricingModel, ch: &CardCharge, cur: &Currency, org: &Organization) -> (LineItem, Decimal) {
+fn card_line(
+    id: String,
+    description: &str,
+    meter_id: &str,
+    model: PricingModel,
+    ch: &CardCharge,
+    cur: &Currency,
+    org: &Organization,
+) -> (LineItem, Decimal) {
     let amount = round_line(ch.exact, cur, org.rounding);
     let mut line = LineItem::new("USAGE_RATE_CARD_AMOUNT", description, format_amount(amount, cur));
     line.id = Some(id);
     line.quantity = Some(format_exact(ch.quantity));
     line.metadata.insert("usageMeterId".into(), meter_id.into());
-    line.metadata.insert("pricingModel".into(), match model { PricingModel::Tiered => "TIERED", PricingModel::Volume => "VOLUME" }.into());
+    line.metadata.insert(
+        "pricingModel".into(),
+        match model {
+            PricingModel::Tiered => "TIERED",
+            PricingModel::Volume => "VOLUME",
+        }
+        .into(),
+    );
     line.metadata.insert("exactValue".into(), format_exact(ch.exact));
     for s in &ch.slabs {
         let mut sl = LineItem::new("USAGE_RATE_CARD_SLAB_AMOUNT", slab_description(s), format_exact(s.revenue));
@@ -151,13 +175,21 @@ fn card_line(id: String, description: &str, meter_id: &str, model: PricingModel,
         }
         line.line_items.push(sl);
         if let Some(k) = s.clamp_kind {
-            let mut adj = LineItem::new("RATE_CONFIG_ADJUSTMENT_AMOUNT", format!("Slab {} {} rate applied", s.order, k.as_str()), format_exact(s.adjustment));
+            let mut adj = LineItem::new(
+                "RATE_CONFIG_ADJUSTMENT_AMOUNT",
+                format!("Slab {} {} rate applied", s.order, k.as_str()),
+                format_exact(s.adjustment),
+            );
             adj.metadata.insert("appliedTo".into(), format!("slab {}", s.order));
             line.line_items.push(adj);
         }
     }
     if let Some(k) = ch.card_clamp {
-        let mut adj = LineItem::new("RATE_CONFIG_ADJUSTMENT_AMOUNT", format!("Rate card {} rate applied", k.as_str()), format_exact(ch.card_adjustment));
+        let mut adj = LineItem::new(
+            "RATE_CONFIG_ADJUSTMENT_AMOUNT",
+            format!("Rate card {} rate applied", k.as_str()),
+            format_exact(ch.card_adjustment),
+        );
         adj.metadata.insert("appliedTo".into(), "rate card".into());
         line.line_items.push(adj);
     }
@@ -194,7 +226,14 @@ fn fixed_fee_line(ff: &FixedFeeCard, w: &Window, cur: &Currency, org: &Organizat
     line.quantity = Some("1".into());
     line.value_per_quantity = Some(format_exact(rate));
     line.metadata.insert("addOnId".into(), ff.addon_id.clone());
-    line.metadata.insert("type".into(), match ff.kind { FeeKind::OneTime => "ONE_TIME", FeeKind::Recurring { .. } => "RECURRING" }.into());
+    line.metadata.insert(
+        "type".into(),
+        match ff.kind {
+            FeeKind::OneTime => "ONE_TIME",
+            FeeKind::Recurring { .. } => "RECURRING",
+        }
+        .into(),
+    );
     if prorate {
         line.metadata.insert("prorationFactor".into(), format!("{days}/{cycle_days}"));
         // the exact prorated value is a fraction (e.g. 686/31): shown as one, never as a truncated decimal
@@ -221,7 +260,14 @@ fn license_line(kind: &str, lc: &LicenseCard, ch: &CardCharge, amount: Decimal, 
 
 /// The arrears line of a license card over a window: with proration
 /// `Σ_days price(quantity of the day) / days in the cycle`, else the price of the peak quantity.
-fn license_arrears(lc: &LicenseCard, rates: &CardRates, days: &[(NaiveDate, Decimal)], w: &Window, cur: &Currency, org: &Organization) -> Option<(LineItem, Decimal)> {
+fn license_arrears(
+    lc: &LicenseCard,
+    rates: &CardRates,
+    days: &[(NaiveDate, Decimal)],
+    w: &Window,
+    cur: &Currency,
+    org: &Organization,
+) -> Option<(LineItem, Decimal)> {
     let peak = days.iter().map(|x| x.1).max().unwrap_or(Decimal::ZERO);
     if !lc.proration {
         let ch = rate_plan(lc.model, &lc.slabs, rates, peak);
@@ -262,6 +308,10 @@ struct Parts<'a> {
     customer: &'a Customer,
 }
 
+/// A rate-card line while rules run: (key, line, billed amount, the usage card, its rates and
+/// quantity for re-rating).
+type CardState<'a> = (String, LineItem, Decimal, Option<(&'a crate::catalog::UsageCard, &'a CardRates, Decimal)>);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     /// The cycle's arrears invoice, issued when the grace period ends.
@@ -272,7 +322,17 @@ enum Kind {
     AdHoc(NaiveDate),
 }
 
-fn assemble(p: &Parts, org: &Organization, as_of: NaiveDate, kind: Kind, tree: LineItem, usage_info: Vec<LineItem>, lines: Vec<(String, Decimal)>, total: Decimal) -> BuiltInvoice {
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    p: &Parts,
+    org: &Organization,
+    as_of: NaiveDate,
+    kind: Kind,
+    tree: LineItem,
+    usage_info: Vec<LineItem>,
+    lines: Vec<(String, Decimal)>,
+    total: Decimal,
+) -> BuiltInvoice {
     let (w, account, plan, customer) = (p.w, p.account, p.plan, p.customer);
     let cur = &account.currency;
     let invoice_date = match kind {
@@ -314,9 +374,24 @@ fn assemble(p: &Parts, org: &Organization, as_of: NaiveDate, kind: Kind, tree: L
         usage_info,
         revenue_info: tree,
         invoice_details: InvoiceDetails {
-            organization: Party { id: String::new(), name: org.name.clone(), primary_email: org.email.clone(), address: org.address.clone() },
-            customer: Party { id: customer.id.clone(), name: customer.name.clone(), primary_email: customer.email.clone(), address: customer.address.clone() },
-            account: Party { id: account.id.clone(), name: account.name.clone(), primary_email: account.email.clone(), address: account.address.clone() },
+            organization: Party {
+                id: String::new(),
+                name: org.name.clone(),
+                primary_email: org.email.clone(),
+                address: org.address.clone(),
+            },
+            customer: Party {
+                id: customer.id.clone(),
+                name: customer.name.clone(),
+                primary_email: customer.email.clone(),
+                address: customer.address.clone(),
+            },
+            account: Party {
+                id: account.id.clone(),
+                name: account.name.clone(),
+                primary_email: account.email.clone(),
+                address: account.address.clone(),
+            },
             price_plan_name: plan.name.clone(),
         },
         pricing_rules_log: Vec::new(),
@@ -338,7 +413,11 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
             .license_cards
             .iter()
             .map(|lc| {
-                let tl = catalog.licenses.get(&(account.id.clone(), lc.addon_id.clone())).map(|v| v.iter().map(|(t, q)| (t.timestamp_micros(), *q)).collect()).unwrap_or_default();
+                let tl = catalog
+                    .licenses
+                    .get(&(account.id.clone(), lc.addon_id.clone()))
+                    .map(|v| v.iter().map(|(t, q)| (t.timestamp_micros(), *q)).collect())
+                    .unwrap_or_default();
                 (lc.addon_id.as_str(), tl)
             })
             .collect();
@@ -350,8 +429,7 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
             || plan.fixed_fee_cards.iter().any(|f| f.timing == Timing::InArrears)
             || plan.license_cards.iter().any(|l| l.timing == Timing::InArrears);
         if has_arrears {
-            // (key, line, billed amount, usage card and its rates for re-rating)
-            let mut cards: Vec<(String, LineItem, Decimal, Option<(&crate::catalog::UsageCard, &crate::catalog::CardRates, Decimal)>)> = Vec::new();
+            let mut cards: Vec<CardState> = Vec::new();
             let mut usage_info = Vec::new();
             for card in &plan.usage_cards {
                 let Some(rates) = card.rates.get(&cur.code) else { continue };
@@ -393,7 +471,16 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
                         _ => None,
                     }
                 };
-                let mut entry = RuleLog { rule_id: rule.id.clone(), name: rule.name.clone(), order: rule.order, kind: "CONDITION_TRUE", target: None, before: None, after: None, error: None };
+                let mut entry = RuleLog {
+                    rule_id: rule.id.clone(),
+                    name: rule.name.clone(),
+                    order: rule.order,
+                    kind: "CONDITION_TRUE",
+                    target: None,
+                    before: None,
+                    after: None,
+                    error: None,
+                };
                 if let Some(cond) = &rule.condition {
                     match crate::rules::eval(cond, &vars) {
                         Ok(v) if v.truthy() => {}
@@ -437,7 +524,11 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
                     crate::rules::Action::UpdateRevenue(key) => {
                         if let Some(c) = cards.iter_mut().find(|c| &c.0 == key) {
                             let amount = round_line(value, cur, org.rounding);
-                            let mut adj = LineItem::new("PRICING_RULE_REVENUE_UPDATE_AMOUNT", format!("Pricing rule `{}`", rule.name), format_amount(amount - c.2, cur));
+                            let mut adj = LineItem::new(
+                                "PRICING_RULE_REVENUE_UPDATE_AMOUNT",
+                                format!("Pricing rule `{}`", rule.name),
+                                format_amount(amount - c.2, cur),
+                            );
                             adj.metadata.insert("ruleId".into(), rule.id.clone());
                             entry.target = Some(format!("revenue.{key}"));
                             entry.before = Some(format_amount(c.2, cur));
@@ -451,8 +542,13 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
                         if let Some(c) = cards.iter_mut().find(|c| &c.0 == key) {
                             if let Some((card, rates, q)) = c.3 {
                                 let ch = rate_usage(card, rates, value);
-                                let (mut line, amount) = card_line(key.clone(), &card.display_name, &card.meter_id, card.model, &ch, cur, org);
-                                let mut adj = LineItem::new("PRICING_RULE_USAGE_UPDATE_AMOUNT", format!("Pricing rule `{}`: usage {} → {}", rule.name, format_exact(q), format_exact(value)), format_amount(amount - c.2, cur));
+                                let (mut line, amount) =
+                                    card_line(key.clone(), &card.display_name, &card.meter_id, card.model, &ch, cur, org);
+                                let mut adj = LineItem::new(
+                                    "PRICING_RULE_USAGE_UPDATE_AMOUNT",
+                                    format!("Pricing rule `{}`: usage {} → {}", rule.name, format_exact(q), format_exact(value)),
+                                    format_amount(amount - c.2, cur),
+                                );
                                 adj.metadata.insert("ruleId".into(), rule.id.clone());
                                 line.metadata.insert("meteredQuantity".into(), format_exact(q));
                                 line.line_items.push(adj);
@@ -492,16 +588,26 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
                 for (l, a) in &additions {
                     lines.push((l.description.clone(), *a));
                 }
-                gross_children.push(wrap("TOTAL_PRICING_RULE_ADDITION_AMOUNT", "Pricing rule additions", &format_amount(add_total, cur), additions.into_iter().map(|a| a.0).collect()));
+                gross_children.push(wrap(
+                    "TOTAL_PRICING_RULE_ADDITION_AMOUNT",
+                    "Pricing rule additions",
+                    &format_amount(add_total, cur),
+                    additions.into_iter().map(|a| a.0).collect(),
+                ));
                 total += add_total;
             }
             let v = format_amount(total, cur);
-            let tree = wrap("GRAND_TOTAL_AMOUNT", "Grand total", &v, vec![wrap("TOTAL_AMOUNT", "Total", &v, vec![wrap("NET_AMOUNT", "Net amount", &v, vec![wrap(
-                "GROSS_AMOUNT",
-                "Gross amount",
+            let tree = wrap(
+                "GRAND_TOTAL_AMOUNT",
+                "Grand total",
                 &v,
-                gross_children,
-            )])])]);
+                vec![wrap(
+                    "TOTAL_AMOUNT",
+                    "Total",
+                    &v,
+                    vec![wrap("NET_AMOUNT", "Net amount", &v, vec![wrap("GROSS_AMOUNT", "Gross amount", &v, gross_children)])],
+                )],
+            );
             let mut built = assemble(&parts, org, as_of, Kind::Standard, tree, usage_info, lines, total);
             built.invoice.pricing_rules_log = rule_log;
             out.push(built);
@@ -555,7 +661,11 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
                 } else {
                     round_line(diff, cur, org.rounding)
                 };
-                let mut l = LineItem::new("ADVANCED_LICENSE_RATE_CARD_AMOUNT", format!("{}: {} → {}", lc.display_name, format_exact(billed), format_exact(q)), format_amount(amount, cur));
+                let mut l = LineItem::new(
+                    "ADVANCED_LICENSE_RATE_CARD_AMOUNT",
+                    format!("{}: {} → {}", lc.display_name, format_exact(billed), format_exact(q)),
+                    format_amount(amount, cur),
+                );
                 l.id = Some(format!("lrc.{}", lc.addon_id));
                 l.quantity = Some(format_exact(q - billed));
                 l.metadata.insert("addOnId".into(), lc.addon_id.clone());
@@ -573,22 +683,47 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
             let t: Decimal = items.iter().map(|i| i.1).sum();
             let v = format_amount(t, cur);
             let lines: Vec<(String, Decimal)> = items.iter().map(|i| (i.0.description.clone(), i.1)).collect();
-            let tree = wrap("GRAND_TOTAL_AMOUNT", "Grand total", &v, vec![wrap("TOTAL_AMOUNT", "Total", &v, vec![wrap("NET_AMOUNT", "Net amount", &v, vec![wrap(
-                "GROSS_AMOUNT",
-                "Gross amount",
+            let tree = wrap(
+                "GRAND_TOTAL_AMOUNT",
+                "Grand total",
                 &v,
-                vec![wrap("TOTAL_ADVANCED_FEES", "License increases in advance", &v, items.into_iter().map(|i| i.0).collect())],
-            )])])]);
+                vec![wrap(
+                    "TOTAL_AMOUNT",
+                    "Total",
+                    &v,
+                    vec![wrap(
+                        "NET_AMOUNT",
+                        "Net amount",
+                        &v,
+                        vec![wrap(
+                            "GROSS_AMOUNT",
+                            "Gross amount",
+                            &v,
+                            vec![wrap("TOTAL_ADVANCED_FEES", "License increases in advance", &v, items.into_iter().map(|i| i.0).collect())],
+                        )],
+                    )],
+                )],
+            );
             out.push(assemble(&parts, org, as_of, Kind::AdHoc(day), tree, Vec::new(), lines, t));
         }
         if !adv.is_empty() {
             let v = format_amount(total, cur);
-            let tree = wrap("GRAND_TOTAL_AMOUNT", "Grand total", &v, vec![wrap("TOTAL_AMOUNT", "Total", &v, vec![wrap("NET_AMOUNT", "Net amount", &v, vec![wrap(
-                "GROSS_AMOUNT",
-                "Gross amount",
+            let tree = wrap(
+                "GRAND_TOTAL_AMOUNT",
+                "Grand total",
                 &v,
-                vec![wrap("TOTAL_ADVANCED_FEES", "Fees in advance", &v, adv)],
-            )])])]);
+                vec![wrap(
+                    "TOTAL_AMOUNT",
+                    "Total",
+                    &v,
+                    vec![wrap(
+                        "NET_AMOUNT",
+                        "Net amount",
+                        &v,
+                        vec![wrap("GROSS_AMOUNT", "Gross amount", &v, vec![wrap("TOTAL_ADVANCED_FEES", "Fees in advance", &v, adv)])],
+                    )],
+                )],
+            );
             out.push(assemble(&parts, org, as_of, Kind::Advanced, tree, Vec::new(), lines, total));
         }
     }
@@ -601,6 +736,8 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
         let date = out[i].invoice.invoice_date;
         out[i].invoice.sequence_id = Some(org.invoice_sequence.format(n as u64 + 1, date));
     }
-    out.sort_by(|a, b| (&a.invoice.account_id, a.invoice.start_date, &a.invoice.id).cmp(&(&b.invoice.account_id, b.invoice.start_date, &b.invoice.id)));
+    out.sort_by(|a, b| {
+        (&a.invoice.account_id, a.invoice.start_date, &a.invoice.id).cmp(&(&b.invoice.account_id, b.invoice.start_date, &b.invoice.id))
+    });
     out
 }

@@ -174,7 +174,9 @@ fn parse(v: &Value, scope: &dyn Scope, depth: usize) -> Result<Ast, String> {
         "/" => Op::Div,
         "min" => Op::Min,
         "max" => Op::Max,
-        other => return Err(format!("operator `{other}` is not supported (supported: var == != < <= > >= and or ! !! if in + - * / min max)")),
+        other => {
+            return Err(format!("operator `{other}` is not supported (supported: var == != < <= > >= and or ! !! if in + - * / min max)"))
+        }
     };
     if op == Op::In {
         // {"in": [needle, [a, b]]} or Togai's {"in": [needle, a, b]}
@@ -230,7 +232,7 @@ pub fn kind(ast: &Ast) -> Result<Kind, String> {
         Ast::Op { op, args } => match op {
             Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge => {
                 let kinds = args.iter().map(kind).collect::<Result<Vec<_>, _>>()?;
-                if matches!(op, Op::Lt | Op::Le | Op::Gt | Op::Ge) && kinds.iter().any(|k| *k == Kind::Bool) {
+                if matches!(op, Op::Lt | Op::Le | Op::Gt | Op::Ge) && kinds.contains(&Kind::Bool) {
                     return Err("ordering comparisons need numbers or text".into());
                 }
                 if kinds.contains(&Kind::Bool) && kinds.iter().any(|k| matches!(k, Kind::Num | Kind::Str)) {
@@ -324,7 +326,8 @@ mod tests {
         let mixed = parse_rule(&Value::String(r#"{"if": [true, "a", 1]}"#.into()), &S).unwrap();
         assert!(kind(&mixed).is_err());
         // a default of the wrong kind is refused at validation, not when the meter is compiled
-        for bad in [r#"{"var": ["attribute.tokens", "d"]}"#, r#"{"var": ["attribute.tokens", true]}"#, r#"{"var": ["dimension.city", 1]}"#] {
+        for bad in [r#"{"var": ["attribute.tokens", "d"]}"#, r#"{"var": ["attribute.tokens", true]}"#, r#"{"var": ["dimension.city", 1]}"#]
+        {
             let ast = parse_rule(&Value::String(bad.into()), &S).unwrap();
             assert!(kind(&ast).unwrap_err().contains("default of `var`"), "{bad}");
         }

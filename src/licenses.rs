@@ -68,7 +68,12 @@ mod tests {
 
     #[test]
     fn a_day_takes_its_largest_quantity() {
-        let tl = vec![(us(1, 0), Decimal::from(10)), (us(3, 9), Decimal::from(15)), (us(3, 17), Decimal::from(12)), (us(5, 0), Decimal::from(20))];
+        let tl = vec![
+            (us(1, 0), Decimal::from(10)),
+            (us(3, 9), Decimal::from(15)),
+            (us(3, 17), Decimal::from(12)),
+            (us(5, 0), Decimal::from(20)),
+        ];
         let days = daily(&tl, chrono_tz::UTC, d(1), d(6), None);
         let q: Vec<i64> = days.iter().map(|x| x.1.try_into().unwrap()).collect();
         assert_eq!(q, vec![10, 10, 15, 12, 20]);

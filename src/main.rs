@@ -140,7 +140,11 @@ fn main() -> ExitCode {
         }
         Command::Test { paths, bless } => {
             let (_, failed) = billrun::scenario::run_scenarios(&paths, bless);
-            if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }
+            if failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
     }
 }

@@ -290,30 +290,48 @@ fn compile(ast: &Ast, cols: &FrameColumns) -> Result<Val, String> {
                 Op::Truthy => Ok(Val::Bool(truthy(vals.pop().expect("1")))),
                 Op::In => {
                     let needle = vals.remove(0);
-                    let items: Vec<Lit> = args[1..].iter().map(|a| match a { Ast::Lit(l) => l.clone(), _ => Lit::Null }).collect();
+                    let items: Vec<Lit> = args[1..]
+                        .iter()
+                        .map(|a| match a {
+                            Ast::Lit(l) => l.clone(),
+                            _ => Lit::Null,
+                        })
+                        .collect();
                     match needle {
                         Val::Str(e) => {
-                            let strs: Vec<String> = items.iter().filter_map(|l| match l {
-                                Lit::Str(s) => Some(s.clone()),
-                                Lit::Num(d) => Some(d.to_string()),
-                                Lit::Bool(b) => Some(b.to_string()),
-                                Lit::Null => None,
-                            }).collect();
+                            let strs: Vec<String> = items
+                                .iter()
+                                .filter_map(|l| match l {
+                                    Lit::Str(s) => Some(s.clone()),
+                                    Lit::Num(d) => Some(d.to_string()),
+                                    Lit::Bool(b) => Some(b.to_string()),
+                                    Lit::Null => None,
+                                })
+                                .collect();
                             Ok(Val::Bool(e.is_in(lit(Series::new("in".into(), strs)).implode(true), false).fill_null(lit(false))))
                         }
                         Val::Num(n) => {
-                            let nums: Vec<Decimal> = items.iter().filter_map(|l| match l {
-                                Lit::Num(d) => Some(*d),
-                                Lit::Str(s) => crate::doc::parse_decimal(s),
-                                _ => None,
-                            }).collect();
+                            let nums: Vec<Decimal> = items
+                                .iter()
+                                .filter_map(|l| match l {
+                                    Lit::Num(d) => Some(*d),
+                                    Lit::Str(s) => crate::doc::parse_decimal(s),
+                                    _ => None,
+                                })
+                                .collect();
                             let s = nums.iter().map(|d| d.scale()).chain([scale_of(&n)]).max().unwrap_or(0);
-                            let set: BTreeSet<i128> = nums.iter().filter_map(|d| {
-                                let (m, ds) = numeric::const_parts(*d);
-                                numeric::upscale(m, ds, s)
-                            }).collect();
+                            let set: BTreeSet<i128> = nums
+                                .iter()
+                                .filter_map(|d| {
+                                    let (m, ds) = numeric::const_parts(*d);
+                                    numeric::upscale(m, ds, s)
+                                })
+                                .collect();
                             let e = at_scale(&n, s)?;
-                            Ok(Val::Bool(e.map(move |c| numeric::predicate(&c, |v| set.contains(&v)), |_, f| Ok(Field::new(f.name().clone(), DataType::Boolean)))))
+                            Ok(Val::Bool(e.map(
+                                move |c| numeric::predicate(&c, |v| set.contains(&v)),
+                                |_, f| Ok(Field::new(f.name().clone(), DataType::Boolean)),
+                            )))
                         }
                         Val::Bool(_) | Val::Null => Ok(Val::Bool(lit(false))),
                     }
@@ -324,7 +342,10 @@ fn compile(ast: &Ast, cols: &FrameColumns) -> Result<Val, String> {
                             None => Ok(Val::Null),
                             Some(Num::Const(d)) => Ok(Val::Num(Num::Const(-d))),
                             Some(Num::Col { expr, scale }) => Ok(Val::Num(Num::Col {
-                                expr: expr.map(move |c| numeric::unary(&c, scale, |v| v.checked_neg()), move |_, f| Ok(Field::new(f.name().clone(), numeric::dtype(scale)))),
+                                expr: expr.map(
+                                    move |c| numeric::unary(&c, scale, |v| v.checked_neg()),
+                                    move |_, f| Ok(Field::new(f.name().clone(), numeric::dtype(scale))),
+                                ),
                                 scale,
                             })),
                         };
@@ -332,7 +353,10 @@ fn compile(ast: &Ast, cols: &FrameColumns) -> Result<Val, String> {
                     let mut acc: Option<Val> = None;
                     for v in vals {
                         acc = Some(match acc {
-                            None => match as_num(v)? { Some(n) => Val::Num(n), None => Val::Null },
+                            None => match as_num(v)? {
+                                Some(n) => Val::Num(n),
+                                None => Val::Null,
+                            },
                             Some(Val::Null) => Val::Null,
                             Some(Val::Num(a)) => match as_num(v)? {
                                 None => Val::Null,
@@ -414,10 +438,17 @@ pub fn compile_meter(m: &Meter, cols: &FrameColumns) -> Result<CompiledMeter, St
     for f in &m.filters {
         let cond = match f {
             FilterField::Dimension(n, v) => {
-                if cols.dimensions.contains(n) { col(format!("{DIM_PREFIX}{n}")).eq(lit(v.clone())).fill_null(lit(false)) } else { lit(false) }
+                if cols.dimensions.contains(n) {
+                    col(format!("{DIM_PREFIX}{n}")).eq(lit(v.clone())).fill_null(lit(false))
+                } else {
+                    lit(false)
+                }
             }
             FilterField::Attribute(n, v) => match cols.attributes.get(n) {
-                Some(s) => compare(Val::Num(Num::Col { expr: col(format!("{ATTR_PREFIX}{n}")), scale: *s }), Val::Num(Num::Const(*v)), Op::Eq)?.fill_null(lit(false)),
+                Some(s) => {
+                    compare(Val::Num(Num::Col { expr: col(format!("{ATTR_PREFIX}{n}")), scale: *s }), Val::Num(Num::Const(*v)), Op::Eq)?
+                        .fill_null(lit(false))
+                }
                 None => lit(false),
             },
         };
@@ -451,10 +482,13 @@ pub fn compile_meter(m: &Meter, cols: &FrameColumns) -> Result<CompiledMeter, St
     let text_units = m.aggregation == Aggregation::UniqueCount && values.iter().any(|v| matches!(v, Val::Str(_)));
     if text_units {
         // distinct values of a text computation (e.g. a user id dimension)
-        let values = values.into_iter().map(|v| match v {
-            Val::Num(n) => at_scale(&n, scale_of(&n)).map(|e| Val::Str(e.cast(DataType::String))),
-            other => Ok(other),
-        }).collect::<Result<Vec<_>, _>>()?;
+        let values = values
+            .into_iter()
+            .map(|v| match v {
+                Val::Num(n) => at_scale(&n, scale_of(&n)).map(|e| Val::Str(e.cast(DataType::String))),
+                other => Ok(other),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let units = match branch(conds, values)? {
             Val::Str(e) => e,
             _ => lit(Null {}).cast(DataType::String),

@@ -39,7 +39,11 @@ pub fn div4(a: i128, sa: u32, b: i128, sb: u32) -> Option<i128> {
     let q = n / d;
     let r = n % d;
     let q = if r.unsigned_abs().checked_mul(2)? >= d.unsigned_abs() {
-        if (n < 0) != (d < 0) { q - 1 } else { q + 1 }
+        if (n < 0) != (d < 0) {
+            q - 1
+        } else {
+            q + 1
+        }
     } else {
         q
     };
@@ -80,15 +84,20 @@ pub fn binary(a: &Column, b: &Column, scale_out: u32, f: impl Fn(i128, i128) -> 
     let n = x.len().max(y.len());
     let get = |ca: &Int128Chunked, i: usize| if ca.len() == 1 { ca.get(0) } else { ca.get(i) };
     let ca: Int128Chunked = if x.len() == n && y.len() == n {
-        x.iter().zip(y.iter()).map(|(p, q)| match (p, q) {
-            (Some(p), Some(q)) => f(p, q),
-            _ => None,
-        }).collect()
+        x.iter()
+            .zip(y.iter())
+            .map(|(p, q)| match (p, q) {
+                (Some(p), Some(q)) => f(p, q),
+                _ => None,
+            })
+            .collect()
     } else {
-        (0..n).map(|i| match (get(&x, i), get(&y, i)) {
-            (Some(p), Some(q)) => f(p, q),
-            _ => None,
-        }).collect()
+        (0..n)
+            .map(|i| match (get(&x, i), get(&y, i)) {
+                (Some(p), Some(q)) => f(p, q),
+                _ => None,
+            })
+            .collect()
     };
     Ok(out(a.name().clone(), ca, scale_out))
 }

@@ -197,11 +197,23 @@ mod tests {
             let mut rs = Vec::new();
             for (i, (gap, rate, pt, pkg)) in parts.into_iter().take(n).enumerate() {
                 let price_type = [PriceType::PerUnit, PriceType::Flat, PriceType::Package][pt];
-                slabs.push(Slab { order: i as u32 + 1, start_after: Decimal::from(start), price_type, package_size: Some(Decimal::from(pkg)) });
+                slabs.push(Slab {
+                    order: i as u32 + 1,
+                    start_after: Decimal::from(start),
+                    price_type,
+                    package_size: Some(Decimal::from(pkg)),
+                });
                 rs.push(SlabRate { rate: Decimal::new(rate as i64, 2), clamp: Clamp::default() });
                 start += gap;
             }
-            let c = UsageCard { display_name: "x".into(), meter_id: "m".into(), tag: None, model: PricingModel::Tiered, slabs, rates: BTreeMap::new() };
+            let c = UsageCard {
+                display_name: "x".into(),
+                meter_id: "m".into(),
+                tag: None,
+                model: PricingModel::Tiered,
+                slabs,
+                rates: BTreeMap::new(),
+            };
             (c, CardRates { slabs: rs, clamp: Clamp::default() })
         })
     }

@@ -95,7 +95,10 @@ fn party(p: &crate::invoice::Party) -> PartyView {
 
 /// Is this line item a billed line (shown as a row), rather than a total that groups others?
 pub fn is_billed_line(kind: &str) -> bool {
-    kind.ends_with("RATE_CARD_AMOUNT") || kind.starts_with("ADVANCED_") || kind == "TRUE_UP_AMOUNT" || kind == "PRICING_RULE_ADDITION_AMOUNT"
+    kind.ends_with("RATE_CARD_AMOUNT")
+        || kind.starts_with("ADVANCED_")
+        || kind == "TRUE_UP_AMOUNT"
+        || kind == "PRICING_RULE_ADDITION_AMOUNT"
 }
 
 fn rate_card_lines(li: &LineItem, out: &mut Vec<LineView>) {
@@ -157,8 +160,7 @@ fn register(h: &mut Handlebars<'static>, name: &str, dir: Option<&Path>, default
         ),
         None => (default.to_string(), format!("templates/{file} (built in)")),
     };
-    h.register_template_string(name, source)
-        .map_err(|e| RenderError::Template { template: label, message: e.to_string() })
+    h.register_template_string(name, source).map_err(|e| RenderError::Template { template: label, message: e.to_string() })
 }
 
 impl Renderer {

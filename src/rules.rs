@@ -116,7 +116,11 @@ pub fn eval(ast: &Ast, vars: &dyn Fn(&str) -> Option<Decimal>) -> Result<SVal, S
                         }
                         i += 2;
                     }
-                    if args.len() % 2 == 1 { eval(&args[args.len() - 1], vars)? } else { SVal::Null }
+                    if args.len() % 2 == 1 {
+                        eval(&args[args.len() - 1], vars)?
+                    } else {
+                        SVal::Null
+                    }
                 }
                 Op::In => {
                     let v = vals()?;

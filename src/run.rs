@@ -23,10 +23,10 @@ use crate::money::format_amount;
 use crate::render::Renderer;
 use crate::windows::plan_windows;
 use billrun_connectors::file::BadRecord;
-use billrun_connectors::{read_source, ReadWindow};
-use billrun_connectors::schema::{ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
 use billrun_connectors::s3::{S3Staging, Store};
+use billrun_connectors::schema::{ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
 use billrun_connectors::store::Staging;
+use billrun_connectors::{read_source, ReadWindow};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const REJECTS: &str = "rejects.ndjson";
@@ -118,7 +118,11 @@ pub fn safe_segment(id: &str) -> String {
             s.push_str(&format!("%{b:02X}"));
         }
     }
-    if s.is_empty() { "%00".into() } else { s }
+    if s.is_empty() {
+        "%00".into()
+    } else {
+        s
+    }
 }
 
 fn rfc3339(us: i64) -> Value {
@@ -150,7 +154,9 @@ fn reject_detail(reason: Reason, rejects: &DataFrame, i: usize, cat: &Catalog, m
             let mut extra = Vec::new();
             for n in &names {
                 if let Some(a) = n.strip_prefix(ATTR_PREFIX) {
-                    if !schema.attributes.contains(a) && (present(n) || text(RAW_ATTRS).is_some_and(|r| r.contains(&format!("\"name\":\"{a}\"")))) {
+                    if !schema.attributes.contains(a)
+                        && (present(n) || text(RAW_ATTRS).is_some_and(|r| r.contains(&format!("\"name\":\"{a}\""))))
+                    {
                         extra.push(format!("attribute `{a}`"));
                     }
                 } else if let Some(d) = n.strip_prefix(DIM_PREFIX) {
@@ -163,7 +169,9 @@ fn reject_detail(reason: Reason, rejects: &DataFrame, i: usize, cat: &Catalog, m
         }
         Reason::Duplicate => format!("event id `{}` arrived earlier (first arrival wins)", text(EVENT_ID).unwrap_or_default()),
         Reason::SchemaNotDefined => format!("no event schema `{}` in the catalog", text(SCHEMA_NAME).unwrap_or_default()),
-        Reason::AccountNotFound => format!("`{}` is neither an account id nor an alias valid at the event's timestamp", text(ACCOUNT_ID).unwrap_or_default()),
+        Reason::AccountNotFound => {
+            format!("`{}` is neither an account id nor an alias valid at the event's timestamp", text(ACCOUNT_ID).unwrap_or_default())
+        }
         Reason::UnitsInvalid => {
             if let Some(raw) = text(RAW_ATTRS) {
                 return format!("attribute value is not a decimal number (at most 18 decimal places): {raw}");
@@ -272,7 +280,8 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     let pb = progress("ingesting and metering");
     let frame = frame::build(&batches)?;
     drop(batches);
-    let IngestOutput { usage, meter_ids, rejects, mut counts, events_read, events_used, used_by_window } = ingest::ingest(frame, &cat, &windows, as_of_us)?;
+    let IngestOutput { usage, meter_ids, rejects, mut counts, events_read, events_used, used_by_window } =
+        ingest::ingest(frame, &cat, &windows, as_of_us)?;
     if !bad.is_empty() {
         *counts.entry(Reason::InvalidEvent).or_insert(0) += bad.len() as u64;
     }
@@ -282,7 +291,20 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
         tracing::warn!(reason = r.as_str(), count = n, "events rejected");
     }
     let invoices = build_invoices(&cat, &cfg.organization, &windows, &usage, as_of);
-    Ok(Computed { cfg, catalog: cat, as_of, windows, invoices, rejects, bad_records: bad, meter_ids, counts, events_read, events_used, used_by_window })
+    Ok(Computed {
+        cfg,
+        catalog: cat,
+        as_of,
+        windows,
+        invoices,
+        rejects,
+        bad_records: bad,
+        meter_ids,
+        counts,
+        events_read,
+        events_used,
+        used_by_window,
+    })
 }
 
 /// Run the bill run described by `opts`.
@@ -320,17 +342,19 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     let mut totals: BTreeMap<String, (Decimal, Decimal, crate::money::Currency)> = BTreeMap::new();
     for b in &invoices {
         let e = totals.entry(b.currency.code.clone()).or_insert((Decimal::ZERO, Decimal::ZERO, b.currency.clone()));
-        if b.due { e.0 += b.total } else { e.1 += b.total }
+        if b.due {
+            e.0 += b.total
+        } else {
+            e.1 += b.total
+        }
     }
     let totals: Map<String, Value> = totals
         .into_iter()
         .map(|(c, (due, draft, cur))| (c, json!({"due": format_amount(due, &cur), "draft": format_amount(draft, &cur)})))
         .collect();
     let due = invoices.iter().filter(|b| b.due).count();
-    let file_list: Vec<Value> = files
-        .iter()
-        .map(|(p, b)| json!({"path": p, "bytes": b.len(), "sha256": hex::encode(Sha256::digest(b))}))
-        .collect();
+    let file_list: Vec<Value> =
+        files.iter().map(|(p, b)| json!({"path": p, "bytes": b.len(), "sha256": hex::encode(Sha256::digest(b))})).collect();
     let manifest = json!({
         "schemaVersion": "billrun.manifest.v1",
         "asOf": as_of.to_string(),

@@ -144,8 +144,10 @@ fn diff(name: &str, expected: &str, got: &str) -> String {
 
 /// Run one scenario; `Ok(problems)` (empty when it passes).
 pub fn check_scenario(dir: &Path, bless: bool) -> Result<Vec<String>, String> {
-    let out = std::env::temp_dir().join(format!("billrun-test-{}-{}", std::process::id(), crate::run::safe_segment(&dir.display().to_string())));
-    let report = run(&RunOptions { config: dir.join("billrun.toml"), out: Some(out.clone()), ..Default::default() }).map_err(|e| e.to_string())?;
+    let out =
+        std::env::temp_dir().join(format!("billrun-test-{}-{}", std::process::id(), crate::run::safe_segment(&dir.display().to_string())));
+    let report =
+        run(&RunOptions { config: dir.join("billrun.toml"), out: Some(out.clone()), ..Default::default() }).map_err(|e| e.to_string())?;
     let mut problems = Vec::new();
     check_hand(dir, &report, &mut problems);
     let expected_dir = dir.join("expected");

@@ -46,13 +46,7 @@ impl ConnectorError {
         kind: ErrorKind,
         message: impl Into<String>,
     ) -> Self {
-        Self {
-            connector,
-            source_name: source_name.into(),
-            location: location.into(),
-            kind,
-            message: message.into(),
-        }
+        Self { connector, source_name: source_name.into(), location: location.into(), kind, message: message.into() }
     }
 }
 
@@ -62,17 +56,8 @@ mod tests {
 
     #[test]
     fn display_names_connector_source_and_location() {
-        let e = ConnectorError::new(
-            "files",
-            "usage",
-            "day1.csv",
-            ErrorKind::Config,
-            "mapped column `ts` not found",
-        );
-        assert_eq!(
-            e.to_string(),
-            "files source `usage`: day1.csv: mapped column `ts` not found"
-        );
+        let e = ConnectorError::new("files", "usage", "day1.csv", ErrorKind::Config, "mapped column `ts` not found");
+        assert_eq!(e.to_string(), "files source `usage`: day1.csv: mapped column `ts` not found");
         assert_eq!(e.kind, ErrorKind::Config);
     }
 }

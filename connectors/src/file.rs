@@ -51,9 +51,7 @@ impl FileFormat {
     /// The format of a file extension (case-insensitive, without the dot).
     pub fn from_extension(ext: &str) -> Option<Self> {
         let ext = ext.to_ascii_lowercase();
-        [FileFormat::Ndjson, FileFormat::Csv, FileFormat::Parquet]
-            .into_iter()
-            .find(|f| f.extensions().contains(&ext.as_str()))
+        [FileFormat::Ndjson, FileFormat::Csv, FileFormat::Parquet].into_iter().find(|f| f.extensions().contains(&ext.as_str()))
     }
 }
 
@@ -174,37 +172,21 @@ impl FileCtx {
 /// a bad row is a [`BadRecord`] and the run goes on.
 pub async fn read_files(cfg: &FileSourceConfig) -> Result<SourceOutput, ConnectorError> {
     let root_loc = cfg.root.display().to_string();
-    let root_err =
-        |kind, msg: String| ConnectorError::new(CONNECTOR, &cfg.name, &root_loc, kind, msg);
+    let root_err = |kind, msg: String| ConnectorError::new(CONNECTOR, &cfg.name, &root_loc, kind, msg);
 
     if let Some(mapping) = &cfg.mapping {
-        validate_mapping(mapping)
-            .map_err(|m| root_err(ErrorKind::Config, format!("mapping: {m}")))?;
+        validate_mapping(mapping).map_err(|m| root_err(ErrorKind::Config, format!("mapping: {m}")))?;
     }
     match std::fs::metadata(&cfg.root) {
-        Err(e) => {
-            return Err(root_err(
-                ErrorKind::Io,
-                format!("cannot read the source root directory: {e}"),
-            ))
-        }
-        Ok(md) if !md.is_dir() => {
-            return Err(root_err(
-                ErrorKind::Config,
-                "the source root is not a directory".into(),
-            ))
-        }
+        Err(e) => return Err(root_err(ErrorKind::Io, format!("cannot read the source root directory: {e}"))),
+        Ok(md) if !md.is_dir() => return Err(root_err(ErrorKind::Config, "the source root is not a directory".into())),
         Ok(_) => {}
     }
     let store = Arc::new(
-        LocalFileSystem::new_with_prefix(&cfg.root)
-            .map_err(|e| root_err(ErrorKind::Io, format!("cannot open the source root: {e}")))?,
+        LocalFileSystem::new_with_prefix(&cfg.root).map_err(|e| root_err(ErrorKind::Io, format!("cannot open the source root: {e}")))?,
     );
-    let listed: Vec<ObjectMeta> = store
-        .list(None)
-        .try_collect()
-        .await
-        .map_err(|e| root_err(ErrorKind::Io, format!("cannot list files: {e}")))?;
+    let listed: Vec<ObjectMeta> =
+        store.list(None).try_collect().await.map_err(|e| root_err(ErrorKind::Io, format!("cannot list files: {e}")))?;
     tracing::debug!(source = %cfg.name, root = %root_loc, objects = listed.len(), "listed files");
     let src = ObjectSource {
         connector: CONNECTOR,
@@ -251,17 +233,10 @@ pub(crate) async fn read_objects(src: &ObjectSource<'_>, listed: Vec<ObjectMeta>
     let mut out = SourceOutput::default();
     for (path, format, meta) in files {
         let shown = format!("{}{path}", src.display_prefix);
-        let ctx = FileCtx {
-            connector: src.connector,
-            source_name: src.name.to_string(),
-            path: shown.clone(),
-        };
+        let ctx = FileCtx { connector: src.connector, source_name: src.name.to_string(), path: shown.clone() };
         let require_mapping = |what: &str| {
             src.mapping.ok_or_else(|| {
-                ctx.error(
-                    ErrorKind::Config,
-                    format!("{what} files need a column mapping (event_id, account_id, timestamp, ...)"),
-                )
+                ctx.error(ErrorKind::Config, format!("{what} files need a column mapping (event_id, account_id, timestamp, ...)"))
             })
         };
         let file_out = match format {
@@ -293,10 +268,7 @@ pub(crate) async fn read_objects(src: &ObjectSource<'_>, listed: Vec<ObjectMeta>
         );
         out.batches.extend(file_out.batches);
         out.bad_records.extend(file_out.bad_records);
-        out.files.push(SourceFile {
-            path: shown,
-            bytes: meta.size,
-        });
+        out.files.push(SourceFile { path: shown, bytes: meta.size });
     }
     tracing::info!(
         source = %src.name,
@@ -310,25 +282,14 @@ pub(crate) async fn read_objects(src: &ObjectSource<'_>, listed: Vec<ObjectMeta>
 }
 
 pub(crate) fn validate_mapping(m: &ColumnMapping) -> Result<(), String> {
-    for (field, col) in [
-        ("event_id", &m.event_id),
-        ("account_id", &m.account_id),
-        ("timestamp", &m.timestamp),
-    ] {
+    for (field, col) in [("event_id", &m.event_id), ("account_id", &m.account_id), ("timestamp", &m.timestamp)] {
         if col.is_empty() {
             return Err(format!("`{field}` must name a column"));
         }
     }
     match (&m.schema_name, &m.schema_name_value) {
-        (Some(_), Some(_)) => {
-            return Err(
-                "set only one of `schema_name` (a column) and `schema_name_value` (a constant)"
-                    .into(),
-            )
-        }
-        (None, None) => {
-            return Err("set `schema_name` (a column) or `schema_name_value` (a constant)".into())
-        }
+        (Some(_), Some(_)) => return Err("set only one of `schema_name` (a column) and `schema_name_value` (a constant)".into()),
+        (None, None) => return Err("set `schema_name` (a column) or `schema_name_value` (a constant)".into()),
         (Some(c), None) if c.is_empty() => return Err("`schema_name` must name a column".into()),
         _ => {}
     }
@@ -348,19 +309,9 @@ pub(crate) fn validate_mapping(m: &ColumnMapping) -> Result<(), String> {
     Ok(())
 }
 
-async fn get_bytes(
-    ctx: &FileCtx,
-    store: &dyn ObjectStore,
-    meta: &ObjectMeta,
-) -> Result<bytes::Bytes, ConnectorError> {
+async fn get_bytes(ctx: &FileCtx, store: &dyn ObjectStore, meta: &ObjectMeta) -> Result<bytes::Bytes, ConnectorError> {
     let io = |e: object_store::Error| ctx.error(ErrorKind::Io, format!("cannot read file: {e}"));
-    store
-        .get_opts(&meta.location, GetOptions::new())
-        .await
-        .map_err(io)?
-        .bytes()
-        .await
-        .map_err(io)
+    store.get_opts(&meta.location, GetOptions::new()).await.map_err(io)?.bytes().await.map_err(io)
 }
 
 /// Run CPU-bound parsing off the async workers when inside a Tokio runtime.
@@ -385,16 +336,10 @@ mod tests {
 
     #[test]
     fn formats_by_extension() {
-        assert_eq!(
-            FileFormat::from_extension("JSONL"),
-            Some(FileFormat::Ndjson)
-        );
+        assert_eq!(FileFormat::from_extension("JSONL"), Some(FileFormat::Ndjson));
         assert_eq!(FileFormat::from_extension("json"), Some(FileFormat::Ndjson));
         assert_eq!(FileFormat::from_extension("csv"), Some(FileFormat::Csv));
-        assert_eq!(
-            FileFormat::from_extension("parquet"),
-            Some(FileFormat::Parquet)
-        );
+        assert_eq!(FileFormat::from_extension("parquet"), Some(FileFormat::Parquet));
         assert_eq!(FileFormat::from_extension("md"), None);
     }
 
@@ -439,12 +384,7 @@ mod tests {
     #[test]
     fn read_files_future_is_send() {
         fn assert_send<T: Send>(_: &T) {}
-        let cfg = FileSourceConfig {
-            name: "s".into(),
-            root: PathBuf::from("/nonexistent"),
-            format: None,
-            mapping: None,
-        };
+        let cfg = FileSourceConfig { name: "s".into(), root: PathBuf::from("/nonexistent"), format: None, mapping: None };
         let fut = read_files(&cfg);
         assert_send(&fut);
     }

@@ -21,20 +21,15 @@ pub mod error;
 pub mod file;
 pub mod postgres;
 pub mod prometheus;
-pub mod s3;
 mod rows;
+pub mod s3;
 pub mod schema;
 pub mod source;
 pub mod sql;
 pub mod store;
 
 pub use error::{ConnectorError, ErrorKind};
-pub use file::{
-    read_files, BadRecord, ColumnMapping, FileFormat, FileSourceConfig, SourceFile, SourceOutput,
-};
+pub use file::{read_files, BadRecord, ColumnMapping, FileFormat, FileSourceConfig, SourceFile, SourceOutput};
 pub use rows::MAX_BATCH_ROWS;
+pub use schema::{parse_timestamp_micros, ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
 pub use source::{read_source, ReadWindow, SourceConfig};
-pub use schema::{
-    parse_timestamp_micros, ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT,
-    SCHEMA_NAME, TIMESTAMP,
-};

@@ -315,11 +315,18 @@ fn rustls_native_certs() -> Vec<rustls::pki_types::CertificateDer<'static>> {
     r.certs
 }
 
-async fn attempt(cfg: &PostgresConfig, sql_text: &str, params: &[Bound], window: &ReadWindow, label: &str) -> Result<SourceOutput, Failure> {
+async fn attempt(
+    cfg: &PostgresConfig,
+    sql_text: &str,
+    params: &[Bound],
+    window: &ReadWindow,
+    label: &str,
+) -> Result<SourceOutput, Failure> {
     let fatal = |kind, msg: String| Failure::Fatal(ConnectorError::new(CONNECTOR, &cfg.name, label, kind, msg));
     let pg = cfg.pg_config();
     let client = if cfg.sslmode == SslMode::Disable {
-        let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| Failure::Transient(format!("cannot connect to {}: {e}", cfg.target())))?;
+        let (client, conn) =
+            pg.connect(tokio_postgres::NoTls).await.map_err(|e| Failure::Transient(format!("cannot connect to {}: {e}", cfg.target())))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "postgres connection ended");
@@ -338,10 +345,16 @@ async fn attempt(cfg: &PostgresConfig, sql_text: &str, params: &[Bound], window:
     };
     let classify = |e: tokio_postgres::Error, what: &str| {
         let msg = match e.as_db_error() {
-            Some(db) => format!("{what}: {} ({}){}", db.message(), db.code().code(), db.hint().map(|h| format!("; hint: {h}")).unwrap_or_default()),
+            Some(db) => {
+                format!("{what}: {} ({}){}", db.message(), db.code().code(), db.hint().map(|h| format!("; hint: {h}")).unwrap_or_default())
+            }
             None => format!("{what} on {}: {e}", cfg.target()),
         };
-        if is_transient(&e) { Failure::Transient(msg) } else { fatal(ErrorKind::Config, msg) }
+        if is_transient(&e) {
+            Failure::Transient(msg)
+        } else {
+            fatal(ErrorKind::Config, msg)
+        }
     };
     let types: Vec<Type> = params.iter().map(|_| Type::TIMESTAMPTZ).collect();
     let stmt = client.prepare_typed(sql_text, &types).await.map_err(|e| classify(e, "the query does not prepare"))?;
@@ -349,10 +362,8 @@ async fn attempt(cfg: &PostgresConfig, sql_text: &str, params: &[Bound], window:
     let col_types: Vec<Type> = stmt.columns().iter().map(|c| c.type_().clone()).collect();
     let kinds: Vec<ColKind> = col_types.iter().map(kind_of).collect();
     let plan = ColumnPlan::new(&names, &kinds, cfg.mapping.as_ref()).map_err(|(k, m)| fatal(k, m))?;
-    let bound: Vec<PgTimestamp> = params
-        .iter()
-        .map(|b| PgTimestamp(if *b == Bound::Start { window.start_us } else { window.end_us }, *b))
-        .collect();
+    let bound: Vec<PgTimestamp> =
+        params.iter().map(|b| PgTimestamp(if *b == Bound::Start { window.start_us } else { window.end_us }, *b)).collect();
     let stream = client.query_raw(&stmt, bound.iter().map(|p| p as &dyn ToSql)).await.map_err(|e| classify(e, "the query failed"))?;
     let mut stream = pin!(stream);
     let mut batcher = SqlBatcher::new(plan, label);
@@ -365,7 +376,8 @@ async fn attempt(cfg: &PostgresConfig, sql_text: &str, params: &[Bound], window:
         batcher.push(&cells).map_err(|e| Failure::Fatal(ConnectorError { connector: CONNECTOR, source_name: cfg.name.clone(), ..e }))?;
     }
     let rows = batcher.rows_seen();
-    let (batches, bad_records) = batcher.finish().map_err(|e| Failure::Fatal(ConnectorError { connector: CONNECTOR, source_name: cfg.name.clone(), ..e }))?;
+    let (batches, bad_records) =
+        batcher.finish().map_err(|e| Failure::Fatal(ConnectorError { connector: CONNECTOR, source_name: cfg.name.clone(), ..e }))?;
     tracing::info!(source = %cfg.name, target = %cfg.target(), rows, bad = bad_records.len(), "postgres source read");
     Ok(SourceOutput { batches, bad_records, files: Vec::new() })
 }

@@ -179,7 +179,8 @@ pub fn event_id(labels: &BTreeMap<String, String>, ts_us: i64) -> String {
 
 async fn fetch(cfg: &PrometheusConfig, client: &reqwest::Client, start_s: i64, end_s: i64) -> Result<Vec<Series>, ConnectorError> {
     let err = |kind, m: String| ConnectorError::new(CONNECTOR, &cfg.name, format!("query `{}`", cfg.query), kind, m);
-    let mut url = url::Url::parse(&format!("{}/api/v1/query_range", cfg.url.trim_end_matches('/'))).map_err(|e| err(ErrorKind::Config, format!("url: {e}")))?;
+    let mut url = url::Url::parse(&format!("{}/api/v1/query_range", cfg.url.trim_end_matches('/')))
+        .map_err(|e| err(ErrorKind::Config, format!("url: {e}")))?;
     url.query_pairs_mut()
         .append_pair("query", &cfg.query)
         .append_pair("start", &start_s.to_string())
@@ -198,7 +199,13 @@ async fn fetch(cfg: &PrometheusConfig, client: &reqwest::Client, start_s: i64, e
                 match body {
                     Ok(body) if !status.is_server_error() => {
                         let a: Answer = serde_json::from_slice(&body).map_err(|e| {
-                            err(ErrorKind::Format, format!("HTTP {status}: not a Prometheus API answer: {e}: {}", String::from_utf8_lossy(&body[..body.len().min(200)])))
+                            err(
+                                ErrorKind::Format,
+                                format!(
+                                    "HTTP {status}: not a Prometheus API answer: {e}: {}",
+                                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                                ),
+                            )
                         })?;
                         if a.status != "success" {
                             return Err(err(
@@ -239,7 +246,10 @@ pub async fn read_prometheus(cfg: &PrometheusConfig, window: &ReadWindow) -> Res
     // Evaluation points: aligned to the step, from the window start (floor) to the last point < end.
     let first = start_us.div_euclid(1_000_000).div_euclid(step) * step;
     let last = (end_us - 1).div_euclid(1_000_000).div_euclid(step) * step + if cfg.mode == Mode::Counter { step } else { 0 };
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(cfg.timeout_secs.max(1))).build().map_err(|e| err(ErrorKind::Config, e.to_string()))?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(cfg.timeout_secs.max(1)))
+        .build()
+        .map_err(|e| err(ErrorKind::Config, e.to_string()))?;
 
     // series labels -> (ts_us -> value text), across chunks
     let mut series: BTreeMap<BTreeMap<String, String>, BTreeMap<i64, String>> = BTreeMap::new();
@@ -254,15 +264,21 @@ pub async fn read_prometheus(cfg: &PrometheusConfig, window: &ReadWindow) -> Res
                     Some(us) => {
                         entry.insert(us, v);
                     }
-                    None => bad_records.push(BadRecord { location: format!("{label}: series {:?}", s.metric), raw: format!("{t} {v}"), error: "bad sample timestamp".into() }),
+                    None => bad_records.push(BadRecord {
+                        location: format!("{label}: series {:?}", s.metric),
+                        raw: format!("{t} {v}"),
+                        error: "bad sample timestamp".into(),
+                    }),
                 }
             }
         }
         chunk_start = chunk_end + step;
     }
 
-    let dims: BTreeSet<String> = series.keys().flat_map(|m| m.keys()).filter(|k| *k != "__name__" && **k != cfg.account_label).cloned().collect();
-    let mut names = vec!["id".to_string(), "schemaName".into(), "accountId".into(), "timestamp".into(), format!("attributes.{}", cfg.attribute)];
+    let dims: BTreeSet<String> =
+        series.keys().flat_map(|m| m.keys()).filter(|k| *k != "__name__" && **k != cfg.account_label).cloned().collect();
+    let mut names =
+        vec!["id".to_string(), "schemaName".into(), "accountId".into(), "timestamp".into(), format!("attributes.{}", cfg.attribute)];
     let mut kinds = vec![ColKind::Text, ColKind::Text, ColKind::Text, ColKind::Timestamp, ColKind::Decimal];
     for d in &dims {
         names.push(format!("dimensions.{d}"));
@@ -314,7 +330,8 @@ pub async fn read_prometheus(cfg: &PrometheusConfig, window: &ReadWindow) -> Res
             batcher.push(&cells).map_err(|e| ConnectorError { connector: CONNECTOR, source_name: cfg.name.clone(), ..e })?;
         }
     }
-    let (batches, mut more_bad) = batcher.finish().map_err(|e| ConnectorError { connector: CONNECTOR, source_name: cfg.name.clone(), ..e })?;
+    let (batches, mut more_bad) =
+        batcher.finish().map_err(|e| ConnectorError { connector: CONNECTOR, source_name: cfg.name.clone(), ..e })?;
     bad_records.append(&mut more_bad);
     tracing::info!(source = %cfg.name, series = series.len(), points, events = batches.iter().map(|b| b.num_rows()).sum::<usize>(), bad = bad_records.len(), "prometheus source read");
     Ok(SourceOutput { batches, bad_records, files: Vec::new() })

@@ -43,10 +43,7 @@ impl RowBatcher {
         declared_attributes: impl IntoIterator<Item = String>,
         declared_dimensions: impl IntoIterator<Item = String>,
     ) -> Self {
-        let metadata = HashMap::from([(
-            schema::SOURCE_FILE_METADATA_KEY.to_string(),
-            source_file.to_string(),
-        )]);
+        let metadata = HashMap::from([(schema::SOURCE_FILE_METADATA_KEY.to_string(), source_file.to_string())]);
         Self {
             rows: Vec::new(),
             declared_attributes: declared_attributes.into_iter().collect(),
@@ -74,12 +71,7 @@ impl RowBatcher {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.rows);
-        let batch = build_batch(
-            &rows,
-            &self.declared_attributes,
-            &self.declared_dimensions,
-            &self.metadata,
-        )?;
+        let batch = build_batch(&rows, &self.declared_attributes, &self.declared_dimensions, &self.metadata)?;
         self.batches.push(batch);
         Ok(())
     }
@@ -91,10 +83,7 @@ fn text_columns<'a>(
     pick: impl Fn(&'a Row) -> &'a [(String, String)],
 ) -> BTreeMap<String, Vec<Option<&'a str>>> {
     let n = rows.len();
-    let mut cols: BTreeMap<String, Vec<Option<&'a str>>> = declared
-        .iter()
-        .map(|name| (name.clone(), vec![None; n]))
-        .collect();
+    let mut cols: BTreeMap<String, Vec<Option<&'a str>>> = declared.iter().map(|name| (name.clone(), vec![None; n])).collect();
     for (i, row) in rows.iter().enumerate() {
         for (k, v) in pick(row) {
             match cols.get_mut(k.as_str()) {
@@ -118,38 +107,18 @@ pub(crate) fn build_batch(
 ) -> Result<RecordBatch, ArrowError> {
     let mut fields = schema::core_fields();
     let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter(
-            rows.iter().map(|r| r.event_id.as_deref()),
-        )),
-        Arc::new(StringArray::from_iter(
-            rows.iter().map(|r| r.schema_name.as_deref()),
-        )),
-        Arc::new(StringArray::from_iter(
-            rows.iter().map(|r| r.account_id.as_deref()),
-        )),
-        Arc::new(
-            TimestampMicrosecondArray::from_iter(rows.iter().map(|r| r.timestamp))
-                .with_timezone(UTC),
-        ),
-        Arc::new(
-            TimestampMicrosecondArray::from_iter(rows.iter().map(|r| r.ingested_at))
-                .with_timezone(UTC),
-        ),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.event_id.as_deref()))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.schema_name.as_deref()))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.account_id.as_deref()))),
+        Arc::new(TimestampMicrosecondArray::from_iter(rows.iter().map(|r| r.timestamp)).with_timezone(UTC)),
+        Arc::new(TimestampMicrosecondArray::from_iter(rows.iter().map(|r| r.ingested_at)).with_timezone(UTC)),
     ];
     for (name, values) in text_columns(rows, declared_attributes, |r| &r.attributes) {
-        fields.push(Field::new(
-            schema::attribute_column(&name),
-            DataType::Utf8,
-            true,
-        ));
+        fields.push(Field::new(schema::attribute_column(&name), DataType::Utf8, true));
         columns.push(Arc::new(StringArray::from(values)));
     }
     for (name, values) in text_columns(rows, declared_dimensions, |r| &r.dimensions) {
-        fields.push(Field::new(
-            schema::dimension_column(&name),
-            DataType::Utf8,
-            true,
-        ));
+        fields.push(Field::new(schema::dimension_column(&name), DataType::Utf8, true));
         columns.push(Arc::new(StringArray::from(values)));
     }
     let schema = Schema::new(fields).with_metadata(metadata.clone());
@@ -165,12 +134,7 @@ mod tests {
     #[test]
     fn union_of_columns_and_declared() {
         let rows = vec![
-            Row {
-                event_id: Some("e1".into()),
-                timestamp: Some(5),
-                attributes: vec![("b".into(), "1".into())],
-                ..Row::default()
-            },
+            Row { event_id: Some("e1".into()), timestamp: Some(5), attributes: vec![("b".into(), "1".into())], ..Row::default() },
             Row {
                 event_id: None,
                 timestamp: Some(6),
@@ -182,12 +146,7 @@ mod tests {
         let declared: BTreeSet<String> = ["z".to_string()].into();
         let b = build_batch(&rows, &declared, &BTreeSet::new(), &HashMap::new()).unwrap();
         schema::check_canonical(&b).unwrap();
-        let names: Vec<_> = b
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let names: Vec<_> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
         assert_eq!(
             names,
             [
@@ -215,24 +174,12 @@ mod tests {
     fn batcher_splits_at_max_rows() {
         let mut batcher = RowBatcher::new("f.ndjson", [], []);
         for i in 0..(MAX_BATCH_ROWS + 3) {
-            batcher
-                .push(Row {
-                    timestamp: Some(i as i64),
-                    ..Row::default()
-                })
-                .unwrap();
+            batcher.push(Row { timestamp: Some(i as i64), ..Row::default() }).unwrap();
         }
         let batches = batcher.finish().unwrap();
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[0].num_rows(), MAX_BATCH_ROWS);
         assert_eq!(batches[1].num_rows(), 3);
-        assert_eq!(
-            batches[1]
-                .schema()
-                .metadata()
-                .get(schema::SOURCE_FILE_METADATA_KEY)
-                .map(String::as_str),
-            Some("f.ndjson")
-        );
+        assert_eq!(batches[1].schema().metadata().get(schema::SOURCE_FILE_METADATA_KEY).map(String::as_str), Some("f.ndjson"));
     }
 }

@@ -56,7 +56,10 @@ impl S3Connection {
             out.push(("bucket".into(), "the bucket name is empty".into()));
         }
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
-            out.push(("access_key_id".into(), "set both `access_key_id` and `secret_access_key` (as ${ENV} references), or neither".into()));
+            out.push((
+                "access_key_id".into(),
+                "set both `access_key_id` and `secret_access_key` (as ${ENV} references), or neither".into(),
+            ));
         }
         if let Some(e) = &self.endpoint {
             if e.starts_with("http://") && !self.allow_http {
@@ -149,7 +152,9 @@ pub fn check_partition(p: &str) -> Result<(), String> {
 }
 
 fn render_partition(p: &str, d: NaiveDate) -> String {
-    p.replace("{YYYY}", &format!("{:04}", d.year())).replace("{MM}", &format!("{:02}", d.month())).replace("{DD}", &format!("{:02}", d.day()))
+    p.replace("{YYYY}", &format!("{:04}", d.year()))
+        .replace("{MM}", &format!("{:02}", d.month()))
+        .replace("{DD}", &format!("{:02}", d.day()))
 }
 
 /// Most days listed one by one; a longer window lists the whole prefix.
@@ -225,7 +230,13 @@ pub async fn read_s3(cfg: &S3SourceConfig, window: &ReadWindow) -> Result<Source
     for p in &prefixes {
         let path = p.as_deref().map(Path::from);
         let mut got: Vec<ObjectMeta> = store.list(path.as_ref()).try_collect().await.map_err(|e| {
-            ConnectorError::new(CONNECTOR, &cfg.name, conn.url(p.as_deref().unwrap_or("")), ErrorKind::Io, format!("cannot list objects: {e}"))
+            ConnectorError::new(
+                CONNECTOR,
+                &cfg.name,
+                conn.url(p.as_deref().unwrap_or("")),
+                ErrorKind::Io,
+                format!("cannot list objects: {e}"),
+            )
         })?;
         listed.append(&mut got);
     }
@@ -349,14 +360,12 @@ impl S3Staging {
         let path = Path::from(key.as_str());
         let payload = PutPayload::from(bytes.to_vec());
         let opts = PutOptions { mode, ..Default::default() };
-        self.rt
-            .block_on(self.store.put_opts(&path, payload, opts))
-            .map_err(|e| match e {
-                object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
-                    self.error(&key, "already exists: another run with the same id committed first")
-                }
-                e => self.error(&key, format!("cannot write: {e}")),
-            })?;
+        self.rt.block_on(self.store.put_opts(&path, payload, opts)).map_err(|e| match e {
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+                self.error(&key, "already exists: another run with the same id committed first")
+            }
+            e => self.error(&key, format!("cannot write: {e}")),
+        })?;
         self.written.push(path);
         Ok(())
     }

@@ -83,10 +83,7 @@ pub fn dimension_name(column: &str) -> Option<&str> {
 
 /// Whether `dt` is an allowed attribute column type: Utf8, Int64 or Decimal128.
 pub fn is_attribute_type(dt: &DataType) -> bool {
-    matches!(
-        dt,
-        DataType::Utf8 | DataType::Int64 | DataType::Decimal128(_, _)
-    )
+    matches!(dt, DataType::Utf8 | DataType::Int64 | DataType::Decimal128(_, _))
 }
 
 /// Check that a batch is in the canonical schema (core columns in order with
@@ -98,21 +95,11 @@ pub fn check_canonical(batch: &RecordBatch) -> Result<(), String> {
     let fields = schema.fields();
     let core = core_fields();
     if fields.len() < core.len() {
-        return Err(format!(
-            "batch has {} columns, the canonical schema needs at least {}",
-            fields.len(),
-            core.len()
-        ));
+        return Err(format!("batch has {} columns, the canonical schema needs at least {}", fields.len(), core.len()));
     }
     for (got, want) in fields.iter().zip(core.iter()) {
         if got.name() != want.name() || got.data_type() != want.data_type() {
-            return Err(format!(
-                "expected column `{}` {}, found `{}` {}",
-                want.name(),
-                want.data_type(),
-                got.name(),
-                got.data_type()
-            ));
+            return Err(format!("expected column `{}` {}, found `{}` {}", want.name(), want.data_type(), got.name(), got.data_type()));
         }
     }
     let mut last_attr: Option<&str> = None;
@@ -120,38 +107,21 @@ pub fn check_canonical(batch: &RecordBatch) -> Result<(), String> {
     for f in fields.iter().skip(core.len()) {
         if let Some(attr) = attribute_name(f.name()) {
             if last_dim.is_some() {
-                return Err(format!(
-                    "attribute column `{}` after dimension columns",
-                    f.name()
-                ));
+                return Err(format!("attribute column `{}` after dimension columns", f.name()));
             }
             if last_attr.is_some_and(|prev| prev >= attr) {
-                return Err(format!(
-                    "attribute column `{}` out of order or duplicated",
-                    f.name()
-                ));
+                return Err(format!("attribute column `{}` out of order or duplicated", f.name()));
             }
             if !is_attribute_type(f.data_type()) {
-                return Err(format!(
-                    "attribute column `{}` has type {}",
-                    f.name(),
-                    f.data_type()
-                ));
+                return Err(format!("attribute column `{}` has type {}", f.name(), f.data_type()));
             }
             last_attr = Some(attr);
         } else if let Some(dim) = dimension_name(f.name()) {
             if last_dim.is_some_and(|prev| prev >= dim) {
-                return Err(format!(
-                    "dimension column `{}` out of order or duplicated",
-                    f.name()
-                ));
+                return Err(format!("dimension column `{}` out of order or duplicated", f.name()));
             }
             if f.data_type() != &DataType::Utf8 {
-                return Err(format!(
-                    "dimension column `{}` has type {}",
-                    f.name(),
-                    f.data_type()
-                ));
+                return Err(format!("dimension column `{}` has type {}", f.name(), f.data_type()));
             }
             last_dim = Some(dim);
         } else {
@@ -210,9 +180,7 @@ fn parse_offset_secs(s: &str) -> Result<i64, String> {
         _ => (None, None),
     };
     match (h, m) {
-        (Some(h), Some(m)) if h <= 23 && m <= 59 => {
-            Ok(sign * (i64::from(h) * 3600 + i64::from(m) * 60))
-        }
+        (Some(h), Some(m)) if h <= 23 && m <= 59 => Ok(sign * (i64::from(h) * 3600 + i64::from(m) * 60)),
         _ => Err(format!("bad UTC offset `{s}`")),
     }
 }
@@ -248,9 +216,7 @@ fn parse_ts(text: &str) -> Result<i64, String> {
     let hb = hms.as_bytes();
     let (h, m, sec) = match hb.len() {
         5 if hb[2] == b':' && frac.is_none() => (digits(&hms[0..2]), digits(&hms[3..5]), Some(0)),
-        8 if hb[2] == b':' && hb[5] == b':' => {
-            (digits(&hms[0..2]), digits(&hms[3..5]), digits(&hms[6..8]))
-        }
+        8 if hb[2] == b':' && hb[5] == b':' => (digits(&hms[0..2]), digits(&hms[3..5]), digits(&hms[6..8])),
         _ => (None, None, None),
     };
     let (Some(h), Some(m), Some(sec)) = (h, m, sec) else {
@@ -278,9 +244,7 @@ fn parse_ts(text: &str) -> Result<i64, String> {
     }
 
     let base = date.and_time(time).and_utc().timestamp_micros();
-    base.checked_add(micros_frac)
-        .and_then(|v| v.checked_sub(offset_secs * 1_000_000))
-        .ok_or_else(|| "out of range".to_string())
+    base.checked_add(micros_frac).and_then(|v| v.checked_sub(offset_secs * 1_000_000)).ok_or_else(|| "out of range".to_string())
 }
 
 #[cfg(test)]
@@ -334,9 +298,6 @@ mod tests {
         assert_eq!(dimension_column("region"), "dimensions.region");
         assert_eq!(attribute_name("attributes.calls"), Some("calls"));
         assert_eq!(dimension_name("attributes.calls"), None);
-        assert_eq!(
-            timestamp_type(),
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-        );
+        assert_eq!(timestamp_type(), DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())));
     }
 }

@@ -80,7 +80,10 @@ impl SourceConfig {
                 }
                 if let Some(m) = mapping {
                     if m.schema_name.is_some() == m.schema_name_value.is_some() {
-                        out.push(("mapping".into(), "exactly one of `schema_name` (a column) or `schema_name_value` (a constant) is required".into()));
+                        out.push((
+                            "mapping".into(),
+                            "exactly one of `schema_name` (a column) or `schema_name_value` (a constant) is required".into(),
+                        ));
                     }
                 }
             }

@@ -321,10 +321,17 @@ impl ColumnPlan {
 fn check_kind(col: &str, role: &Role, kind: &ColKind) -> Result<(), (ErrorKind, String)> {
     let ok = match (role, kind) {
         (_, ColKind::Float) => {
-            let (what, store) = if matches!(role, Role::Attribute(_)) { ("a quantity", "NUMERIC/DECIMAL or text") } else { ("an identifier or label", "text") };
+            let (what, store) = if matches!(role, Role::Attribute(_)) {
+                ("a quantity", "NUMERIC/DECIMAL or text")
+            } else {
+                ("an identifier or label", "text")
+            };
             return Err((
                 ErrorKind::UnsupportedType,
-                format!("column `{col}` (for {}) is binary floating point: billrun does not read it as {what}; cast it to {store} in the query", role.describe()),
+                format!(
+                    "column `{col}` (for {}) is binary floating point: billrun does not read it as {what}; cast it to {store} in the query",
+                    role.describe()
+                ),
             ));
         }
         (Role::Timestamp | Role::IngestedAt, k) => matches!(k, ColKind::Timestamp | ColKind::Text),
@@ -368,7 +375,16 @@ pub struct SqlBatcher {
 impl SqlBatcher {
     pub fn new(plan: ColumnPlan, label: &str) -> SqlBatcher {
         let metadata = HashMap::from([(QUERY_METADATA_KEY.to_string(), label.to_string())]);
-        let mut b = SqlBatcher { builders: Vec::new(), plan, rows: 0, rows_seen: 0, metadata, batches: Vec::new(), bad_records: Vec::new(), label: label.to_string() };
+        let mut b = SqlBatcher {
+            builders: Vec::new(),
+            plan,
+            rows: 0,
+            rows_seen: 0,
+            metadata,
+            batches: Vec::new(),
+            bad_records: Vec::new(),
+            label: label.to_string(),
+        };
         b.builders = b.fresh_builders();
         b
     }
@@ -431,7 +447,11 @@ impl SqlBatcher {
                 .map(|(_, i)| format!("{}={}", self.plan.names[*i], cell_text(&cells[*i]).unwrap_or_else(|| "NULL".into())))
                 .collect::<Vec<_>>()
                 .join(" ");
-            self.bad_records.push(BadRecord { location: format!("{}:row {}", self.label, self.rows_seen), raw, error: problems.join("; ") });
+            self.bad_records.push(BadRecord {
+                location: format!("{}:row {}", self.label, self.rows_seen),
+                raw,
+                error: problems.join("; "),
+            });
             return Ok(());
         }
         let mut ts_iter = ts_vals.into_iter();
@@ -491,16 +511,20 @@ impl SqlBatcher {
                     for x in v {
                         out.push(match x {
                             None => None,
-                            Some((m, s)) => Some(pow10(scale - s).and_then(|f| m.checked_mul(f)).filter(|r| r.unsigned_abs() < 10u128.pow(38)).ok_or_else(|| {
-                                self.err(format!("column `{}`: {} does not fit 38 digits at scale {scale}", self.plan.names[*i], dec_to_string(m, s)))
-                            })?),
+                            Some((m, s)) => Some(
+                                pow10(scale - s).and_then(|f| m.checked_mul(f)).filter(|r| r.unsigned_abs() < 10u128.pow(38)).ok_or_else(
+                                    || {
+                                        self.err(format!(
+                                            "column `{}`: {} does not fit 38 digits at scale {scale}",
+                                            self.plan.names[*i],
+                                            dec_to_string(m, s)
+                                        ))
+                                    },
+                                )?,
+                            ),
                         });
                     }
-                    Arc::new(
-                        Decimal128Array::from(out)
-                            .with_precision_and_scale(38, scale as i8)
-                            .map_err(|e| self.err(e.to_string()))?,
-                    )
+                    Arc::new(Decimal128Array::from(out).with_precision_and_scale(38, scale as i8).map_err(|e| self.err(e.to_string()))?)
                 }
             };
             match role {
@@ -571,7 +595,8 @@ mod tests {
 
     #[test]
     fn window_placeholders_become_parameters() {
-        let (sql, p) = bind_window("SELECT * FROM e WHERE ts >= ${startTime} AND ts < ${endTime} OR ts = ${startTime}", true, |n| format!("${n}"));
+        let (sql, p) =
+            bind_window("SELECT * FROM e WHERE ts >= ${startTime} AND ts < ${endTime} OR ts = ${startTime}", true, |n| format!("${n}"));
         assert_eq!(sql, "SELECT * FROM e WHERE ts >= $1 AND ts < $2 OR ts = $1");
         assert_eq!(p, vec![Bound::Start, Bound::End]);
         let (sql, p) = bind_window("x < ${endTime} and y >= ${startTime} and z < ${endTime}", false, |_| "?".into());
@@ -594,7 +619,8 @@ mod tests {
 
     #[test]
     fn alias_plan_refuses_unknown_columns_and_floats() {
-        let names: Vec<String> = ["id", "schemaName", "accountId", "timestamp", "attributes.gb", "dimensions.region"].map(String::from).to_vec();
+        let names: Vec<String> =
+            ["id", "schemaName", "accountId", "timestamp", "attributes.gb", "dimensions.region"].map(String::from).to_vec();
         let mut kinds = vec![ColKind::Text, ColKind::Text, ColKind::Text, ColKind::Timestamp, ColKind::Decimal, ColKind::Text];
         assert!(ColumnPlan::new(&names, &kinds, None).is_ok());
         kinds[4] = ColKind::Float;

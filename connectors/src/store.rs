@@ -58,10 +58,8 @@ impl Staging {
     /// Replace the store with what was written: the old version is moved aside, the new one
     /// renamed into place, then the old one removed.
     pub fn commit(mut self) -> Result<(), ConnectorError> {
-        let old = self.dir.with_file_name(format!(
-            "{}.old",
-            self.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
-        ));
+        let old =
+            self.dir.with_file_name(format!("{}.old", self.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()));
         if self.root.exists() {
             std::fs::rename(&self.root, &old).map_err(|e| err(&self.root, format!("cannot move the previous version aside: {e}")))?;
         }

@@ -47,7 +47,20 @@ async fn aliases_numeric_timestamps_and_the_window_as_parameters() {
     billrun_connectors::schema::check_canonical(b).unwrap();
     assert_eq!(b.num_rows(), 3, "the window's end is exclusive: e4 is not read");
     let names: Vec<_> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
-    assert_eq!(names, ["event_id", "schema_name", "account_id", "timestamp", "ingested_at", "attributes.calls", "attributes.gb", "attributes.n", "dimensions.region"]);
+    assert_eq!(
+        names,
+        [
+            "event_id",
+            "schema_name",
+            "account_id",
+            "timestamp",
+            "ingested_at",
+            "attributes.calls",
+            "attributes.gb",
+            "attributes.n",
+            "dimensions.region"
+        ]
+    );
     let ts = b.column(3).as_primitive::<TimestampMicrosecondType>();
     assert_eq!(ts.value(1), us("2026-10-15T10:00:00.123456Z"));
     assert_eq!(ts.value(2), us("2026-10-31T23:59:59.999999Z"));
@@ -70,7 +83,11 @@ async fn aliases_numeric_timestamps_and_the_window_as_parameters() {
 
     assert_eq!(calls.value_as_string(2), "-9999999999999999999.500000000000000000");
     // a value that cannot be exact at 38 digits beside one at scale 18
-    pg_client().await.batch_execute(&format!("INSERT INTO {t} (eid, ts, calls) VALUES ('e5', '2026-10-02T00:00:00Z', -99999999999999999999999999.5)")).await.unwrap();
+    pg_client()
+        .await
+        .batch_execute(&format!("INSERT INTO {t} (eid, ts, calls) VALUES ('e5', '2026-10-02T00:00:00Z', -99999999999999999999999999.5)"))
+        .await
+        .unwrap();
     let q2 = format!("SELECT eid AS id, 's' AS \"schemaName\", acct AS \"accountId\", ts AS timestamp, calls AS \"attributes.calls\" FROM {t} ORDER BY eid");
     let e = read_postgres(&pg_config("pg", &q2), &ReadWindow::default()).await.unwrap_err();
     assert!(e.to_string().contains("does not fit 38 digits"), "{e}");
@@ -81,10 +98,13 @@ async fn mapping_text_timestamps_and_bad_rows() {
     let t = events_table().await;
     let q = format!("SELECT * FROM {t} WHERE ts < ${{endTime}} ORDER BY eid");
     let mut cfg = pg_config("pg", &q);
-    cfg.mapping = Some(serde_json::from_value(serde_json::json!({
-        "event_id": "eid", "account_id": "acct", "timestamp": "tstext", "schema_name_value": "usage",
-        "attributes": {"gb": "gb"}, "dimensions": {"region": "region", "flag": "flag"}
-    })).unwrap());
+    cfg.mapping = Some(
+        serde_json::from_value(serde_json::json!({
+            "event_id": "eid", "account_id": "acct", "timestamp": "tstext", "schema_name_value": "usage",
+            "attributes": {"gb": "gb"}, "dimensions": {"region": "region", "flag": "flag"}
+        }))
+        .unwrap(),
+    );
     let out = read_postgres(&cfg, &october()).await.unwrap();
     assert_eq!(out.num_rows(), 2);
     assert_eq!(out.bad_records.len(), 1);
@@ -99,7 +119,8 @@ async fn mapping_text_timestamps_and_bad_rows() {
 #[tokio::test]
 async fn floats_sql_errors_and_unreachable_servers_name_connector_source_and_query() {
     let t = events_table().await;
-    let q = format!("SELECT eid AS id, 's' AS \"schemaName\", acct AS \"accountId\", ts AS timestamp, ratio AS \"attributes.ratio\" FROM {t}");
+    let q =
+        format!("SELECT eid AS id, 's' AS \"schemaName\", acct AS \"accountId\", ts AS timestamp, ratio AS \"attributes.ratio\" FROM {t}");
     let e = read_postgres(&pg_config("usage-db", &q), &ReadWindow::default()).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::UnsupportedType);
     let s = e.to_string();

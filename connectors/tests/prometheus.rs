@@ -29,7 +29,8 @@ fn october() -> ReadWindow {
 /// The quickstart's api_call events per account in October (what the counters count).
 fn expected_counts() -> BTreeMap<String, i128> {
     let mut m = BTreeMap::new();
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/01-quickstart/usage/2026-10-api-calls.ndjson")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/01-quickstart/usage/2026-10-api-calls.ndjson")).unwrap();
     for l in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         *m.entry(v["accountId"].as_str().unwrap().to_string()).or_default() += 1;
@@ -58,13 +59,28 @@ async fn counters_give_exact_increases_across_a_reset_with_deterministic_ids() {
     let b = &out.batches[0];
     billrun_connectors::schema::check_canonical(b).unwrap();
     let names: Vec<_> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
-    assert_eq!(names, ["event_id", "schema_name", "account_id", "timestamp", "ingested_at", "attributes.requests", "dimensions.endpoint", "dimensions.region"]);
+    assert_eq!(
+        names,
+        [
+            "event_id",
+            "schema_name",
+            "account_id",
+            "timestamp",
+            "ingested_at",
+            "attributes.requests",
+            "dimensions.endpoint",
+            "dimensions.region"
+        ]
+    );
     // events at the start of the hour in which the calls happened
     let ts = b.column(3).as_primitive::<TimestampMicrosecondType>();
     assert!(ts.values().iter().all(|t| t % 3_600_000_000 == 0 && *t >= us("2026-10-01T00:00:00Z") && *t < us("2026-11-01T00:00:00Z")));
     // the same read again gives the same ids (the core dedups re-runs)
     let again = read_prometheus(&c, &october()).await.unwrap();
-    assert_eq!(b.column(0).as_string::<i32>().iter().collect::<Vec<_>>(), again.batches[0].column(0).as_string::<i32>().iter().collect::<Vec<_>>());
+    assert_eq!(
+        b.column(0).as_string::<i32>().iter().collect::<Vec<_>>(),
+        again.batches[0].column(0).as_string::<i32>().iter().collect::<Vec<_>>()
+    );
     // two half windows give the same events as the whole
     let mid = us("2026-10-15T07:00:00Z");
     let a = read_prometheus(&c, &ReadWindow { start_us: october().start_us, end_us: Some(mid) }).await.unwrap();
@@ -78,7 +94,12 @@ async fn counters_give_exact_increases_across_a_reset_with_deterministic_ids() {
 
 #[tokio::test]
 async fn gauges_are_converted_once_at_the_declared_scale() {
-    let out = read_prometheus(&cfg("billrun_storage_gb", "gauge", 3), &ReadWindow { start_us: Some(us("2026-09-30T00:00:00Z")), end_us: Some(us("2026-10-03T00:00:00Z")) }).await.unwrap();
+    let out = read_prometheus(
+        &cfg("billrun_storage_gb", "gauge", 3),
+        &ReadWindow { start_us: Some(us("2026-09-30T00:00:00Z")), end_us: Some(us("2026-10-03T00:00:00Z")) },
+    )
+    .await
+    .unwrap();
     let b = &out.batches[0];
     let q = b.column_by_name("attributes.requests").unwrap().as_primitive::<Decimal128Type>();
     assert_eq!(q.scale(), 3);

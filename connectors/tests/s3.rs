@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use billrun_connectors::s3::{read_s3, S3Staging, S3SourceConfig, S3StoreConfig, Store, COMMITTED, LATEST};
+use billrun_connectors::s3::{read_s3, S3SourceConfig, S3Staging, S3StoreConfig, Store, COMMITTED, LATEST};
 use billrun_connectors::{parse_timestamp_micros, ReadWindow};
 use common::{s3_keys, s3_store, unique};
 use object_store::path::Path;
@@ -59,10 +59,15 @@ fn source(prefix: &str, extra: serde_json::Value) -> S3SourceConfig {
 async fn partitions_outside_the_window_are_never_listed_and_formats_share_the_file_decoders() {
     let p = unique("usage");
     put(&format!("{p}/dt=2026-09-30/x.ndjson"), b"not json: if this were read it would be a bad record\n".to_vec()).await;
-    put(&format!("{p}/dt=2026-10-01/a.ndjson"), br#"{"id":"n1","schemaName":"s","accountId":"acme","timestamp":"2026-10-01T10:00:00Z","attributes":[{"name":"gb","value":"0.5"}]}
+    put(
+        &format!("{p}/dt=2026-10-01/a.ndjson"),
+        br#"{"id":"n1","schemaName":"s","accountId":"acme","timestamp":"2026-10-01T10:00:00Z","attributes":[{"name":"gb","value":"0.5"}]}
 {"id":"n2","schemaName":"s","accountId":"acme","timestamp":"2026-10-01T11:00:00Z","attributes":[{"name":"gb","value":"2"}]}
 oops
-"#.to_vec()).await;
+"#
+        .to_vec(),
+    )
+    .await;
     put(&format!("{p}/dt=2026-10-01/README.md"), b"ignored: not a usage format".to_vec()).await;
     put(&format!("{p}/dt=2026-10-02/b.parquet"), parquet_bytes()).await;
     put(&format!("{p}/dt=2026-10-03/c.csv"), b"eid,acct,ts,gb\nc1,acme,2026-10-03T00:00:00Z,7\n".to_vec()).await;
@@ -129,7 +134,12 @@ fn the_store_writes_a_run_prefix_manifest_last_commits_once_and_cleans_up_failed
     s.commit().unwrap();
     assert_eq!(
         rt.block_on(keys(&p)),
-        [format!("{p}/{LATEST}"), format!("{p}/runs/2026-11-06/{COMMITTED}"), format!("{p}/runs/2026-11-06/invoices/acme/inv.json"), format!("{p}/runs/2026-11-06/manifest.json")]
+        [
+            format!("{p}/{LATEST}"),
+            format!("{p}/runs/2026-11-06/{COMMITTED}"),
+            format!("{p}/runs/2026-11-06/invoices/acme/inv.json"),
+            format!("{p}/runs/2026-11-06/manifest.json")
+        ]
     );
     let latest = rt.block_on(async { s3_store().get(&Path::from(format!("{p}/{LATEST}"))).await.unwrap().bytes().await.unwrap() });
     assert_eq!(&latest[..], format!("{p}/runs/2026-11-06\n").as_bytes());

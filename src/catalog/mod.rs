@@ -215,7 +215,7 @@ impl FixedFeeCard {
     pub fn charged_in(&self, k: u32) -> bool {
         match self.kind {
             FeeKind::OneTime => k == 0,
-            FeeKind::Recurring { interval, offset } => k >= offset && (k - offset) % interval.max(1) == 0,
+            FeeKind::Recurring { interval, offset } => k >= offset && (k - offset).is_multiple_of(interval.max(1)),
         }
     }
 }
@@ -295,6 +295,12 @@ pub struct Account {
     pub schedules: Vec<Schedule>,
 }
 
+/// Absolute license quantities from an instant on, sorted by instant.
+pub type LicenseTimeline = Vec<(DateTime<Utc>, Decimal)>;
+
+/// An alias window: (from, until, account, where it was declared).
+type AliasWindow = (Option<DateTime<Utc>>, Option<DateTime<Utc>>, String, Origin);
+
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     pub event_schemas: BTreeMap<String, EventSchema>,
@@ -304,7 +310,7 @@ pub struct Catalog {
     pub customers: BTreeMap<String, Customer>,
     pub accounts: BTreeMap<String, Account>,
     /// (account, license add-on) → absolute quantity from an instant on, sorted by instant.
-    pub licenses: BTreeMap<(String, String), Vec<(DateTime<Utc>, Decimal)>>,
+    pub licenses: BTreeMap<(String, String), LicenseTimeline>,
 }
 
 /// Where an object came from, to point diagnostics at it.
@@ -359,7 +365,11 @@ pub fn load_dir(dir: &Path, ctx: &LoadContext) -> Result<Catalog, Diagnostics> {
         }
     }
     let cat = validate(raw, ctx, &mut d);
-    if d.is_empty() { Ok(cat) } else { Err(d.sorted()) }
+    if d.is_empty() {
+        Ok(cat)
+    } else {
+        Err(d.sorted())
+    }
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, d: &mut Diagnostics) {
@@ -480,8 +490,7 @@ fn load_file(file: &Path, text: &str, raw: &mut RawCatalog, d: &mut Diagnostics)
                 }
             }
             other => d.push(
-                Diagnostic::new(file, other, format!("unknown key `{other}`, expected one of {}", KEYS.join(", ")))
-                    .at(doc.position(other)),
+                Diagnostic::new(file, other, format!("unknown key `{other}`, expected one of {}", KEYS.join(", "))).at(doc.position(other)),
             ),
         }
     }
@@ -497,7 +506,14 @@ fn parse_instant(s: &str) -> Option<DateTime<Utc>> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
 }
 
-fn config_decimal(o: &Origin, sub: &str, map: &Option<BTreeMap<String, Value>>, key: &str, allowed: &[&str], d: &mut Diagnostics) -> Option<Decimal> {
+fn config_decimal(
+    o: &Origin,
+    sub: &str,
+    map: &Option<BTreeMap<String, Value>>,
+    key: &str,
+    allowed: &[&str],
+    d: &mut Diagnostics,
+) -> Option<Decimal> {
     let map = map.as_ref()?;
     for k in map.keys() {
         if !allowed.contains(&k.as_str()) {
@@ -545,7 +561,13 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
             continue;
         };
         let Some(aggregation) = Aggregation::parse(&m.aggregation) else {
-            d.push(o.diag("aggregation", format!("unknown aggregation `{}`, expected COUNT or SUM (or the extensions MAX, MIN, AVERAGE, UNIQUE_COUNT, LATEST)", m.aggregation)));
+            d.push(o.diag(
+                "aggregation",
+                format!(
+                    "unknown aggregation `{}`, expected COUNT or SUM (or the extensions MAX, MIN, AVERAGE, UNIQUE_COUNT, LATEST)",
+                    m.aggregation
+                ),
+            ));
             continue;
         };
         if let Some(k) = &m.kind {
@@ -578,7 +600,10 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
                     None => d.push(o.diag(&format!("{sub}.value"), format!("attribute `{name}` is numeric; `{value}` is not a number"))),
                 }
             } else {
-                d.push(o.diag(&format!("{sub}.field"), format!("`{}` is neither a dimension nor an attribute of event schema `{}`", f.field, schema.name)));
+                d.push(o.diag(
+                    &format!("{sub}.field"),
+                    format!("`{}` is neither a dimension nor an attribute of event schema `{}`", f.field, schema.name),
+                ));
             }
         }
         let mut comps = Vec::new();
@@ -619,7 +644,8 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
             d.push(o.diag("computations", format!("a {} meter needs a computation (e.g. {{\"var\": \"attribute.x\"}})", m.aggregation)));
         }
         let display_name = m.billable_name.clone().or(m.display_name.clone()).unwrap_or_else(|| m.name.clone());
-        let meter = Meter { id: m.id.clone(), name: m.name, display_name, aggregation, schema: m.event_schema_name, filters, computations: comps };
+        let meter =
+            Meter { id: m.id.clone(), name: m.name, display_name, aggregation, schema: m.event_schema_name, filters, computations: comps };
         if cat.meters.insert(m.id.clone(), meter).is_some() {
             d.push(o.diag("id", format!("duplicate usage meter id `{}`", m.id)));
         }
@@ -657,7 +683,7 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
         }
     }
 
-    let mut all_aliases: BTreeMap<String, Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>, String, Origin)>> = BTreeMap::new();
+    let mut all_aliases: BTreeMap<String, Vec<AliasWindow>> = BTreeMap::new();
     for (o, a) in raw.accounts {
         if !cat.customers.contains_key(&a.customer_id) {
             d.push(o.diag("customerId", format!("unknown customer `{}`", a.customer_id)));
@@ -672,7 +698,14 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
         let aliases: Vec<Alias> = a
             .aliases
             .into_iter()
-            .map(|x| Alias { value: match x { RawAccountAlias::Plain(s) => s, RawAccountAlias::Object(o) => o.alias }, from: None, until: None })
+            .map(|x| Alias {
+                value: match x {
+                    RawAccountAlias::Plain(s) => s,
+                    RawAccountAlias::Object(o) => o.alias,
+                },
+                from: None,
+                until: None,
+            })
             .collect();
         for al in &aliases {
             all_aliases.entry(al.value.clone()).or_default().push((None, None, a.id.clone(), o.clone()));
@@ -747,7 +780,9 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
             d.push(o.diag("endDate", format!("`{e}` is not a date-time")));
         }
         if s.price_plan_details.is_some() || s.pricing_rules.as_ref().is_some_and(|r| !r.is_empty()) {
-            d.push(o.diag("pricePlanDetails", "per-account overrides (pricePlanDetails / pricingRules on a schedule) are not supported yet"));
+            d.push(
+                o.diag("pricePlanDetails", "per-account overrides (pricePlanDetails / pricingRules on a schedule) are not supported yet"),
+            );
         }
         if !cat.plans.contains_key(&s.price_plan_id) {
             d.push(o.diag("pricePlanId", format!("unknown price plan `{}`", s.price_plan_id)));
@@ -766,7 +801,10 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
         };
         if let Some(plan) = cat.plans.get(&s.price_plan_id) {
             if !plan.currencies.contains(&account.currency.code) {
-                d.push(o.diag("pricePlanId", format!("price plan `{}` does not support the account's invoice currency {}", plan.id, account.currency.code)));
+                d.push(o.diag(
+                    "pricePlanId",
+                    format!("price plan `{}` does not support the account's invoice currency {}", plan.id, account.currency.code),
+                ));
             }
         }
         let n = account.schedules.len();
@@ -784,6 +822,8 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
         }
     }
     // license updates → absolute quantities over time, per (account, license)
+    // (instant, declaration order, relative?, quantity)
+    #[allow(clippy::type_complexity)]
     let mut updates: BTreeMap<(String, String), Vec<(DateTime<Utc>, usize, bool, Decimal)>> = BTreeMap::new();
     for (i, (o, u)) in raw.license_updates.iter().enumerate() {
         if !cat.accounts.contains_key(&u.account_id) {
@@ -846,7 +886,10 @@ fn address_map(a: Option<RawAddress>) -> BTreeMap<String, String> {
 
 fn validate_cycle(o: &Origin, sub: &str, c: &RawPricingCycleConfig, d: &mut Diagnostics) -> Option<CycleConfig> {
     let Some(interval) = Interval::parse(&c.interval) else {
-        d.push(o.diag(&format!("{sub}.interval"), format!("unknown interval `{}`, expected WEEKLY, MONTHLY, QUARTERLY, HALF_YEARLY or ANNUALLY", c.interval)));
+        d.push(o.diag(
+            &format!("{sub}.interval"),
+            format!("unknown interval `{}`, expected WEEKLY, MONTHLY, QUARTERLY, HALF_YEARLY or ANNUALLY", c.interval),
+        ));
         return None;
     };
     let text = |v: &Value| doc::number_text(v).or_else(|| v.as_str().map(str::to_string));
@@ -855,7 +898,9 @@ fn validate_cycle(o: &Origin, sub: &str, c: &RawPricingCycleConfig, d: &mut Diag
         Some(s) => (text(&s.day_offset).unwrap_or_default(), s.month_offset.as_ref().and_then(text)),
     };
     match parse_offsets(interval, &day, month.as_deref()) {
-        Ok((day, month)) => Some(CycleConfig { interval, day, month, grace_days: c.grace_period, anniversary: c.anniversary_cycle == Some(true) }),
+        Ok((day, month)) => {
+            Some(CycleConfig { interval, day, month, grace_days: c.grace_period, anniversary: c.anniversary_cycle == Some(true) })
+        }
         Err(e) => {
             d.push(o.diag(&format!("{sub}.startOffset"), e));
             None
@@ -894,26 +939,53 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
                         d.push(o.diag(&format!("{sub}.rateCardDetails.{name}"), format!("{name} rate cards are not supported yet")));
                     }
                 }
-                let present = [det.usage_rate_card.is_some(), det.fixed_fee_rate_card.is_some(), det.minimum_commitment_rate_card.is_some(), det.license_rate_card.is_some()].iter().filter(|x| **x).count()
+                let present = [
+                    det.usage_rate_card.is_some(),
+                    det.fixed_fee_rate_card.is_some(),
+                    det.minimum_commitment_rate_card.is_some(),
+                    det.license_rate_card.is_some(),
+                ]
+                .iter()
+                .filter(|x| **x)
+                .count()
                     + unsupported.iter().filter(|x| x.1).count();
                 if present != 1 {
                     d.push(o.diag(&format!("{sub}.rateCardDetails"), "exactly one rate card detail is required"));
                     continue;
                 }
                 match (c.kind.as_str(), &det.usage_rate_card, &det.fixed_fee_rate_card) {
-                    ("USAGE", Some(u), _) => usage.push((format!("{sub}.rateCardDetails.usageRateCard"), c.display_name.clone().or(c.name.clone()), c.tag.clone(), u)),
-                    ("FIXED_FEE", _, Some(f)) => fixed.push((format!("{sub}.rateCardDetails.fixedFeeRateCard"), c.display_name.clone().or(c.name.clone()), c.tag.clone(), f)),
+                    ("USAGE", Some(u), _) => usage.push((
+                        format!("{sub}.rateCardDetails.usageRateCard"),
+                        c.display_name.clone().or(c.name.clone()),
+                        c.tag.clone(),
+                        u,
+                    )),
+                    ("FIXED_FEE", _, Some(f)) => fixed.push((
+                        format!("{sub}.rateCardDetails.fixedFeeRateCard"),
+                        c.display_name.clone().or(c.name.clone()),
+                        c.tag.clone(),
+                        f,
+                    )),
                     ("MINIMUM_COMMITMENT", _, _) if det.minimum_commitment_rate_card.is_some() => {
                         let sub = format!("{sub}.rateCardDetails.minimumCommitmentRateCard");
                         if minimum.is_some() {
                             d.push(o.diag(&sub, "a price plan has at most one minimum commitment"));
                         }
-                        minimum = Some((sub, c.display_name.clone().or(c.name.clone()), det.minimum_commitment_rate_card.clone().expect("checked")));
+                        minimum = Some((
+                            sub,
+                            c.display_name.clone().or(c.name.clone()),
+                            det.minimum_commitment_rate_card.clone().expect("checked"),
+                        ));
                     }
-                    ("LICENSE", _, _) if det.license_rate_card.is_some() => {
-                        licenses.push((format!("{sub}.rateCardDetails.licenseRateCard"), c.display_name.clone().or(c.name.clone()), c.tag.clone(), det.license_rate_card.as_ref().expect("checked")))
+                    ("LICENSE", _, _) if det.license_rate_card.is_some() => licenses.push((
+                        format!("{sub}.rateCardDetails.licenseRateCard"),
+                        c.display_name.clone().or(c.name.clone()),
+                        c.tag.clone(),
+                        det.license_rate_card.as_ref().expect("checked"),
+                    )),
+                    ("USAGE" | "FIXED_FEE" | "MINIMUM_COMMITMENT" | "LICENSE", _, _) => {
+                        d.push(o.diag(&format!("{sub}.type"), format!("type {} does not match its rateCardDetails", c.kind)))
                     }
-                    ("USAGE" | "FIXED_FEE" | "MINIMUM_COMMITMENT" | "LICENSE", _, _) => d.push(o.diag(&format!("{sub}.type"), format!("type {} does not match its rateCardDetails", c.kind))),
                     ("BILLING_ENTITLEMENT" | "ENTITLEMENT_OVERAGE" | "CREDIT_GRANT", _, _) => {}
                     (other, _, _) => d.push(o.diag(&format!("{sub}.type"), format!("unknown rate card type `{other}`"))),
                 }
@@ -1026,7 +1098,15 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
             continue;
         };
         if addon.kind != "LICENSE" {
-            d.push(o.diag(&format!("{sub}.id"), format!("add-on `{}` is a {}, {}", l.id, addon.kind, if addon.kind == "NAMED_LICENSE" { "and named licenses are not supported yet" } else { "not a LICENSE" })));
+            d.push(o.diag(
+                &format!("{sub}.id"),
+                format!(
+                    "add-on `{}` is a {}, {}",
+                    l.id,
+                    addon.kind,
+                    if addon.kind == "NAMED_LICENSE" { "and named licenses are not supported yet" } else { "not a LICENSE" }
+                ),
+            ));
             continue;
         }
         if l.kind.as_deref().is_some_and(|k| k != "LICENSE") {
@@ -1074,10 +1154,26 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
         Some(MinimumCommitment { display_name: name.or(m.display_name).unwrap_or_else(|| "Minimum commitment".into()), rates })
     });
     let pricing_rules = validate_rules(o, p.pricing_rules.as_deref().unwrap_or_default(), &usage_cards, &fixed_fee_cards, d);
-    Some(PricePlan { id: p.id, name: p.name, cycle: cycle?, currencies, usage_cards, fixed_fee_cards, license_cards, minimum_commitment, pricing_rules })
+    Some(PricePlan {
+        id: p.id,
+        name: p.name,
+        cycle: cycle?,
+        currencies,
+        usage_cards,
+        fixed_fee_cards,
+        license_cards,
+        minimum_commitment,
+        pricing_rules,
+    })
 }
 
-fn rate_map(o: &Origin, sub: &str, values: impl Iterator<Item = (String, Decimal)>, currencies: &[String], d: &mut Diagnostics) -> BTreeMap<String, Decimal> {
+fn rate_map(
+    o: &Origin,
+    sub: &str,
+    values: impl Iterator<Item = (String, Decimal)>,
+    currencies: &[String],
+    d: &mut Diagnostics,
+) -> BTreeMap<String, Decimal> {
     let mut m = BTreeMap::new();
     for (c, r) in values {
         if m.insert(c.clone(), r).is_some() {
@@ -1092,9 +1188,15 @@ fn rate_map(o: &Origin, sub: &str, values: impl Iterator<Item = (String, Decimal
     m
 }
 
-#[allow(clippy::too_many_arguments)]
 /// A rate plan (slabs) with its per-currency rates, as usage and license cards share them.
-fn validate_rate_plan(o: &Origin, sub: &str, rate_plan: &RawRatePlan, rate_values: &[RawRateValue], currencies: &[String], d: &mut Diagnostics) -> Option<(PricingModel, Vec<Slab>, BTreeMap<String, CardRates>)> {
+fn validate_rate_plan(
+    o: &Origin,
+    sub: &str,
+    rate_plan: &RawRatePlan,
+    rate_values: &[RawRateValue],
+    currencies: &[String],
+    d: &mut Diagnostics,
+) -> Option<(PricingModel, Vec<Slab>, BTreeMap<String, CardRates>)> {
     let model = match rate_plan.pricing_model.as_str() {
         "TIERED" => PricingModel::Tiered,
         "VOLUME" => PricingModel::Volume,
@@ -1188,7 +1290,17 @@ fn validate_rate_plan(o: &Origin, sub: &str, rate_plan: &RawRatePlan, rate_value
     Some((model, slabs, rates))
 }
 
-fn validate_usage_card(o: &Origin, sub: &str, name: Option<String>, tag: Option<String>, u: &RawUsageRateCard, currencies: &[String], cat: &Catalog, d: &mut Diagnostics) -> Option<UsageCard> {
+#[allow(clippy::too_many_arguments)]
+fn validate_usage_card(
+    o: &Origin,
+    sub: &str,
+    name: Option<String>,
+    tag: Option<String>,
+    u: &RawUsageRateCard,
+    currencies: &[String],
+    cat: &Catalog,
+    d: &mut Diagnostics,
+) -> Option<UsageCard> {
     let Some(meter) = cat.meters.get(&u.usage_meter_id) else {
         d.push(o.diag(&format!("{sub}.usageMeterId"), format!("unknown usage meter `{}`", u.usage_meter_id)));
         return None;
@@ -1219,11 +1331,18 @@ impl jsonlogic::Scope for RuleScope {
         false
     }
     fn has_named(&self, path: &str) -> bool {
-        path.strip_prefix("usage.").is_some_and(|k| self.usage.contains(k)) || path.strip_prefix("revenue.").is_some_and(|k| self.revenue.contains(k))
+        path.strip_prefix("usage.").is_some_and(|k| self.usage.contains(k))
+            || path.strip_prefix("revenue.").is_some_and(|k| self.revenue.contains(k))
     }
 }
 
-fn validate_rules(o: &Origin, raw: &[Value], usage: &[UsageCard], fixed: &[FixedFeeCard], d: &mut Diagnostics) -> Vec<crate::rules::PricingRule> {
+fn validate_rules(
+    o: &Origin,
+    raw: &[Value],
+    usage: &[UsageCard],
+    fixed: &[FixedFeeCard],
+    d: &mut Diagnostics,
+) -> Vec<crate::rules::PricingRule> {
     use crate::rules::{Action, PricingRule};
     let usage_keys: BTreeSet<String> = usage.iter().map(|c| format!("urc.{}", c.meter_id)).collect();
     let mut revenue = usage_keys.clone();
@@ -1243,10 +1362,15 @@ fn validate_rules(o: &Origin, raw: &[Value], usage: &[UsageCard], fixed: &[Fixed
             d.push(o.diag(&format!("{sub}.invoiceTiming"), "IN_ADVANCE pricing rules are not supported yet"));
             continue;
         }
-        let parse = |v: &Value, what: &str, d: &mut Diagnostics| match jsonlogic::parse_rule(v, &scope).and_then(|a| jsonlogic::kind(&a).map(|_| a)) {
+        let parse = |v: &Value, what: &str, d: &mut Diagnostics| match jsonlogic::parse_rule(v, &scope)
+            .and_then(|a| jsonlogic::kind(&a).map(|_| a))
+        {
             Ok(a) => Some(a),
             Err(e) => {
-                d.push(o.diag(&format!("{sub}.{what}"), format!("{e} (pricing rules read usage.<key> and revenue.<key>, keys urc.<meter id> / ff.<add-on id>)")));
+                d.push(o.diag(
+                    &format!("{sub}.{what}"),
+                    format!("{e} (pricing rules read usage.<key> and revenue.<key>, keys urc.<meter id> / ff.<add-on id>)"),
+                ));
                 None
             }
         };
@@ -1260,10 +1384,17 @@ fn validate_rules(o: &Origin, raw: &[Value], usage: &[UsageCard], fixed: &[Fixed
         let Some(computation) = parse(&r.computation, "computation", d) else { continue };
         let action = match (r.action.kind.as_str(), r.action.target.as_deref()) {
             ("ADD", _) => Action::Add { description: r.action.description.clone().unwrap_or_else(|| r.name.clone()) },
-            ("UPDATE", Some(t)) if t.strip_prefix("revenue.").is_some_and(|k| scope.revenue.contains(k)) => Action::UpdateRevenue(t["revenue.".len()..].to_string()),
-            ("UPDATE", Some(t)) if t.strip_prefix("usage.").is_some_and(|k| scope.usage.contains(k)) => Action::UpdateUsage(t["usage.".len()..].to_string()),
+            ("UPDATE", Some(t)) if t.strip_prefix("revenue.").is_some_and(|k| scope.revenue.contains(k)) => {
+                Action::UpdateRevenue(t["revenue.".len()..].to_string())
+            }
+            ("UPDATE", Some(t)) if t.strip_prefix("usage.").is_some_and(|k| scope.usage.contains(k)) => {
+                Action::UpdateUsage(t["usage.".len()..].to_string())
+            }
             ("UPDATE", t) => {
-                d.push(o.diag(&format!("{sub}.action.target"), format!("UPDATE needs a target `revenue.<key>` or `usage.<key>` of this plan's rate cards, found {t:?}")));
+                d.push(o.diag(
+                    &format!("{sub}.action.target"),
+                    format!("UPDATE needs a target `revenue.<key>` or `usage.<key>` of this plan's rate cards, found {t:?}"),
+                ));
                 continue;
             }
             (k, _) => {
@@ -1271,7 +1402,14 @@ fn validate_rules(o: &Origin, raw: &[Value], usage: &[UsageCard], fixed: &[Fixed
                 continue;
             }
         };
-        out.push(PricingRule { id: r.id.unwrap_or_else(|| format!("rule.{i}")), name: r.name, order: r.order, condition, computation, action });
+        out.push(PricingRule {
+            id: r.id.unwrap_or_else(|| format!("rule.{i}")),
+            name: r.name,
+            order: r.order,
+            condition,
+            computation,
+            action,
+        });
     }
     out.sort_by_key(|r| r.order);
     out
@@ -1317,9 +1455,18 @@ fn validate_enrichments(o: &Origin, raw: &Value, schema: &mut EventSchema, d: &m
                 }
             }
             "JSON_LOGIC" => match jsonlogic::parse_rule(&f.value, schema).and_then(|a| jsonlogic::kind(&a).map(|k| (a, k))) {
-                Ok((a, k)) if (attribute && matches!(k, Kind::Num | Kind::Null)) || (!attribute && matches!(k, Kind::Str | Kind::Null)) => a,
+                Ok((a, k)) if (attribute && matches!(k, Kind::Num | Kind::Null)) || (!attribute && matches!(k, Kind::Str | Kind::Null)) => {
+                    a
+                }
                 Ok((_, k)) => {
-                    d.push(o.diag(&format!("{sub}.value"), format!("the expression gives {k:?}, but an {} field needs {}", f.kind, if attribute { "a number" } else { "text" })));
+                    d.push(o.diag(
+                        &format!("{sub}.value"),
+                        format!(
+                            "the expression gives {k:?}, but an {} field needs {}",
+                            f.kind,
+                            if attribute { "a number" } else { "text" }
+                        ),
+                    ));
                     continue;
                 }
                 Err(e) => {

@@ -12,12 +12,8 @@ fn billrun() -> Command {
 fn run_writes_invoices_for_the_shipped_example() {
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("out");
-    let st = billrun()
-        .args(["run", "--config", "fixtures/01-quickstart/billrun.toml", "--out"])
-        .arg(&out)
-        .current_dir(repo())
-        .output()
-        .unwrap();
+    let st =
+        billrun().args(["run", "--config", "fixtures/01-quickstart/billrun.toml", "--out"]).arg(&out).current_dir(repo()).output().unwrap();
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let inv = out.join("invoices/ACC-ACME-PROD");
     let names: Vec<String> = std::fs::read_dir(&inv).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
@@ -39,7 +35,11 @@ fn validate_reports_every_problem_with_file_and_path() {
     copy_dir(&repo().join("fixtures/01-quickstart"), t.path());
     let plans = t.path().join("catalog/price-plans.yaml");
     let text = std::fs::read_to_string(&plans).unwrap();
-    let broken = text.replacen("pricingModel: TIERED", "pricingModel: TIERD", 1).replacen("gracePeriod: 5", "gracePeriod: 5\n      bogusField: 1", 1);
+    let broken = text.replacen("pricingModel: TIERED", "pricingModel: TIERD", 1).replacen(
+        "gracePeriod: 5",
+        "gracePeriod: 5\n      bogusField: 1",
+        1,
+    );
     std::fs::write(&plans, broken).unwrap();
     let out = billrun().args(["validate", "--config"]).arg(t.path().join("billrun.toml")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -44,8 +44,12 @@ fn quickstart_events() -> Vec<Ev> {
     for f in files {
         for line in std::fs::read_to_string(&f).unwrap().lines().filter(|l| !l.trim().is_empty()) {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let gb = v["attributes"].as_array().unwrap().iter().find(|a| a["name"] == "gb").map(|a| a["value"].as_str().unwrap().to_string());
-            let dims = v["dimensions"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect()).unwrap_or_default();
+            let gb =
+                v["attributes"].as_array().unwrap().iter().find(|a| a["name"] == "gb").map(|a| a["value"].as_str().unwrap().to_string());
+            let dims = v["dimensions"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect())
+                .unwrap_or_default();
             out.push(Ev {
                 id: v["id"].as_str().unwrap().into(),
                 schema: v["schemaName"].as_str().unwrap().into(),
@@ -101,8 +105,23 @@ fn assert_same_outputs(got: &Path, what: &str) {
 
 fn psql(sql: &str, stdin: Option<&str>) {
     let mut cmd = std::process::Command::new("psql");
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", &env("BILLRUN_TEST_PG_HOST"), "-p", &env("BILLRUN_TEST_PG_PORT"), "-U", &env("BILLRUN_TEST_PG_USER"), "-d", &env("BILLRUN_TEST_PG_DB"), "-c", sql])
-        .stdin(std::process::Stdio::piped());
+    cmd.args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        &env("BILLRUN_TEST_PG_HOST"),
+        "-p",
+        &env("BILLRUN_TEST_PG_PORT"),
+        "-U",
+        &env("BILLRUN_TEST_PG_USER"),
+        "-d",
+        &env("BILLRUN_TEST_PG_DB"),
+        "-c",
+        sql,
+    ])
+    .stdin(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("psql (installed by tests/support/servers/10-postgres.sh)");
     child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
     let st = child.wait().unwrap();
@@ -123,12 +142,26 @@ fn pg_load(noise: usize) -> String {
     let mut data = String::new();
     let dim = |e: &Ev, k: &str| e.dims.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     for (i, e) in quickstart_events().iter().enumerate() {
-        let row = [Some(i.to_string()), Some(e.id.clone()), Some(e.schema.clone()), Some(e.account.clone()), Some(e.ts.clone()), e.ingested.clone(), e.gb.clone(), dim(e, "endpoint"), dim(e, "region"), dim(e, "bucket")];
+        let row = [
+            Some(i.to_string()),
+            Some(e.id.clone()),
+            Some(e.schema.clone()),
+            Some(e.account.clone()),
+            Some(e.ts.clone()),
+            e.ingested.clone(),
+            e.gb.clone(),
+            dim(e, "endpoint"),
+            dim(e, "region"),
+            dim(e, "bucket"),
+        ];
         data.push_str(&row.iter().map(|v| csv_field(v.as_deref())).collect::<Vec<_>>().join(","));
         data.push('\n');
     }
     for i in 0..noise {
-        data.push_str(&format!("{},noise-{i:07},noise_schema,ACC-NOISE,2026-10-05T00:00:00Z,,,/v1/noise-padding-padding-padding,,\n", 1000 + i));
+        data.push_str(&format!(
+            "{},noise-{i:07},noise_schema,ACC-NOISE,2026-10-05T00:00:00Z,,,/v1/noise-padding-padding-padding,,\n",
+            1000 + i
+        ));
     }
     psql(&format!("\\copy {t} FROM STDIN WITH (FORMAT csv)"), Some(&data));
     t
@@ -157,7 +190,8 @@ fn pg_source(port: &str) -> String {
 fn a_postgres_password_never_appears_in_a_successful_run() {
     const SECRET: &str = "pg-Secret-7f3a9c-do-not-leak";
     let table = pg_load(0);
-    let source = pg_source(&env("BILLRUN_TEST_PG_PORT")).replace("retries = 1\n", "retries = 1\npassword = \"${BILLRUN_IT_PG_PASSWORD}\"\n");
+    let source =
+        pg_source(&env("BILLRUN_TEST_PG_PORT")).replace("retries = 1\n", "retries = 1\npassword = \"${BILLRUN_IT_PG_PASSWORD}\"\n");
     assert!(source.contains("password"));
     let s = scenario(&source, &[("usage.sql", &pg_query(&table))]);
     let out = s.path().join("out");
@@ -322,7 +356,10 @@ fn s3_source_over_date_partitions_gives_the_same_invoices_as_local_files() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         for (day, text) in &days {
-            store.put(&Key::from(format!("{prefix}/usage/dt={day}/events.ndjson")), PutPayload::from(text.clone().into_bytes())).await.unwrap();
+            store
+                .put(&Key::from(format!("{prefix}/usage/dt={day}/events.ndjson")), PutPayload::from(text.clone().into_bytes()))
+                .await
+                .unwrap();
         }
     });
     let toml = format!(
@@ -396,7 +433,11 @@ fn prometheus_counters_give_the_same_invoices_as_local_files() {
     );
     let s = scenario(&toml, &[]);
     std::fs::create_dir_all(s.path().join("usage-storage")).unwrap();
-    std::fs::copy(repo().join("fixtures/01-quickstart/usage/2026-10-storage.ndjson"), s.path().join("usage-storage/2026-10-storage.ndjson")).unwrap();
+    std::fs::copy(
+        repo().join("fixtures/01-quickstart/usage/2026-10-storage.ndjson"),
+        s.path().join("usage-storage/2026-10-storage.ndjson"),
+    )
+    .unwrap();
     let meters = s.path().join("catalog/usage-meters.yaml");
     let text = std::fs::read_to_string(&meters).unwrap();
     let old = "    aggregation: COUNT\n    eventSchemaName: api_call\n    computations:\n      - order: 1\n        computation: '1'\n";
@@ -412,7 +453,9 @@ fn prometheus_counters_give_the_same_invoices_as_local_files() {
     run_to(s.path(), &out).unwrap();
     let want = local_outputs();
     let got = snapshot(&out);
-    let invoices = |m: &std::collections::BTreeMap<String, Vec<u8>>| m.iter().filter(|(k, _)| k.starts_with("invoices/")).map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>();
+    let invoices = |m: &std::collections::BTreeMap<String, Vec<u8>>| {
+        m.iter().filter(|(k, _)| k.starts_with("invoices/")).map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()
+    };
     let (g, w) = (invoices(&got), invoices(&want));
     assert_eq!(g.iter().map(|x| &x.0).collect::<Vec<_>>(), w.iter().map(|x| &x.0).collect::<Vec<_>>());
     for ((k, a), (_, b)) in g.iter().zip(&w) {

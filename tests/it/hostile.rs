@@ -37,10 +37,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// Lines the NDJSON reader considers (it skips lines that are only ASCII whitespace).
 fn ndjson_records(data: &[u8]) -> usize {
-    data.split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .count()
+    data.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).filter(|l| !l.iter().all(u8::is_ascii_whitespace)).count()
 }
 
 fn manifest(store: &Path) -> Value {
@@ -65,10 +62,40 @@ const VALID: &str = r#"{"id":"v-01","schemaName":"api_call","accountId":"ACC-1",
 
 /// Hostile fragments spliced into otherwise valid lines.
 const SNIPPETS: &[&str] = &[
-    "", "\"", "\\", "{", "}", "[", "]", ",", ":", "null", "true", "-", "0", "1e400", "-1e-400", "\u{0}", "\u{feff}",
-    "99999999999999999999999999999999999999999999", "0.0000000000000000000000000000000000001", "NaN", "Infinity",
-    "\"\\ud800\"", "\u{202e}", "é", "\r", "\t", "{\"event\":", "\"value\":1.5e3", "\"attributes\":[]", "2026-02-30",
-    "\"timestamp\":\"9999-12-31T23:59:59Z\"", "\"timestamp\":\"0000-01-01\"", "<script>", "../../etc/passwd",
+    "",
+    "\"",
+    "\\",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    "null",
+    "true",
+    "-",
+    "0",
+    "1e400",
+    "-1e-400",
+    "\u{0}",
+    "\u{feff}",
+    "99999999999999999999999999999999999999999999",
+    "0.0000000000000000000000000000000000001",
+    "NaN",
+    "Infinity",
+    "\"\\ud800\"",
+    "\u{202e}",
+    "é",
+    "\r",
+    "\t",
+    "{\"event\":",
+    "\"value\":1.5e3",
+    "\"attributes\":[]",
+    "2026-02-30",
+    "\"timestamp\":\"9999-12-31T23:59:59Z\"",
+    "\"timestamp\":\"0000-01-01\"",
+    "<script>",
+    "../../etc/passwd",
 ];
 
 #[derive(Debug, Clone)]
@@ -278,10 +305,44 @@ fn ctx_usd() -> (Currency, chrono_tz::Tz) {
 
 /// Catalog text with numbers swapped for hostile ones.
 const CATALOG_SNIPPETS: &[&str] = &[
-    "1e400", "-1e-400", "99999999999999999999999999999999999999999", "0.00000000000000000000000000000001", "-0", ".5", "5.",
-    "NaN", ".inf", "-.inf", "0x1F", "0o17", "1_000", "~", "null", "[]", "{}", "&a", "*a", "*undefined", "!!binary aGk=",
-    "!!float 1.5", "? complex", "- ", ": ", "\t", "\"", "'", "\\", "\u{0}", "\u{feff}", "<<: *a", "%YAML 1.2\n---\n", "---\n",
-    "{\"$decimal\": \"1\"}", "$decimal", "'{\"/\": [1, 0]}'", "'{\"var\": \"attribute.x\"}'",
+    "1e400",
+    "-1e-400",
+    "99999999999999999999999999999999999999999",
+    "0.00000000000000000000000000000001",
+    "-0",
+    ".5",
+    "5.",
+    "NaN",
+    ".inf",
+    "-.inf",
+    "0x1F",
+    "0o17",
+    "1_000",
+    "~",
+    "null",
+    "[]",
+    "{}",
+    "&a",
+    "*a",
+    "*undefined",
+    "!!binary aGk=",
+    "!!float 1.5",
+    "? complex",
+    "- ",
+    ": ",
+    "\t",
+    "\"",
+    "'",
+    "\\",
+    "\u{0}",
+    "\u{feff}",
+    "<<: *a",
+    "%YAML 1.2\n---\n",
+    "---\n",
+    "{\"$decimal\": \"1\"}",
+    "$decimal",
+    "'{\"/\": [1, 0]}'",
+    "'{\"var\": \"attribute.x\"}'",
 ];
 
 proptest! {
@@ -418,18 +479,36 @@ impl T {
     }
 }
 
-const OPS: &[&str] = &[
-    "==", "===", "!=", "!==", "<", "<=", ">", ">=", "and", "or", "!", "!!", "if", "?:", "in", "+", "-", "*", "/", "min", "max",
-];
+const OPS: &[&str] =
+    &["==", "===", "!=", "!==", "<", "<=", ">", ">=", "and", "or", "!", "!!", "if", "?:", "in", "+", "-", "*", "/", "min", "max"];
 /// Operators and variables billrun does not support: parse errors, never panics.
 const BAD_OPS: &[&str] = &["%", "cat", "merge", "some", "", "var", "log"];
-const VARS: &[&str] = &["attribute.tokens", "attribute.x", "attribute.y", "dimension.region", "dimension.zone", "attributes.tokens", "dimensions.region"];
+const VARS: &[&str] =
+    &["attribute.tokens", "attribute.x", "attribute.y", "dimension.region", "dimension.zone", "attributes.tokens", "dimensions.region"];
 const BAD_VARS: &[&str] = &["attribute.nope", "dimension.nope", "tokens", "", "attribute.", "data.x"];
 const NUMS: &[&str] = &[
-    "0", "1", "-1", "0.5", "2", "3", "1.5", "-0.0001", "0.00005", "100", "1e3", "1e400", "-1e-400", "1E+2",
-    "99999999999999999999999999999999999999", "100000000000000000000000000000000000000000",
-    "79228162514264337593543950335", "79228162514264337593543950336", "0.1234567890123456789012345678",
-    "0.12345678901234567890123456789", "-9223372036854775808", "18446744073709551616",
+    "0",
+    "1",
+    "-1",
+    "0.5",
+    "2",
+    "3",
+    "1.5",
+    "-0.0001",
+    "0.00005",
+    "100",
+    "1e3",
+    "1e400",
+    "-1e-400",
+    "1E+2",
+    "99999999999999999999999999999999999999",
+    "100000000000000000000000000000000000000000",
+    "79228162514264337593543950335",
+    "79228162514264337593543950336",
+    "0.1234567890123456789012345678",
+    "0.12345678901234567890123456789",
+    "-9223372036854775808",
+    "18446744073709551616",
 ];
 
 fn arb_leaf() -> impl Strategy<Value = T> {
@@ -485,7 +564,10 @@ fn fuzz_frame() -> (DataFrame, FrameColumns) {
         Column::new(billrun_connectors::SCHEMA_NAME.into(), vec![Some("s"), Some("s"), Some("s"), Some("s"), Some("s"), None]),
         dec(&format!("{}tokens", billrun_connectors::ATTR_PREFIX), vec![Some(0), Some(150), None, Some(-250), Some(big), Some(-big)], 2),
         dec(&format!("{}x", billrun_connectors::ATTR_PREFIX), vec![Some(0), Some(3), Some(-7), None, Some(10i128.pow(30)), Some(1)], 0),
-        Column::new(format!("{}region", billrun_connectors::DIM_PREFIX).into(), vec![Some("eu"), Some(""), None, Some("1.5"), Some("abc"), Some("-3")]),
+        Column::new(
+            format!("{}region", billrun_connectors::DIM_PREFIX).into(),
+            vec![Some("eu"), Some(""), None, Some("1.5"), Some("abc"), Some("-3")],
+        ),
     ];
     let df = DataFrame::new(n, cols).unwrap();
     let fc = FrameColumns {
@@ -522,7 +604,7 @@ fn check_rule(text: &str) -> Result<(), TestCaseError> {
     }
     let Ok(ast) = parsed else { return Ok(()) };
     let kind = jsonlogic::kind(&ast);
-    let as_matcher = matches!(kind, Ok(_));
+    let as_matcher = kind.is_ok();
     let as_computation = matches!(kind, Ok(Kind::Num) | Ok(Kind::Null));
     let one = jsonlogic::Ast::Lit(jsonlogic::Lit::Num(rust_decimal::Decimal::ONE));
     let mut meters = Vec::new();
@@ -605,7 +687,8 @@ fn jsonlogic_regressions_division_by_zero_and_overflow() {
     }
     // division by zero and overflow are null units, per event
     let (df, fc) = fuzz_frame();
-    let ast = jsonlogic::parse_rule(&Value::String(r#"{"/": [{"var": "attribute.tokens"}, {"var": "attribute.x"}]}"#.into()), &FuzzScope).unwrap();
+    let ast = jsonlogic::parse_rule(&Value::String(r#"{"/": [{"var": "attribute.tokens"}, {"var": "attribute.x"}]}"#.into()), &FuzzScope)
+        .unwrap();
     let c = compile_meter(&meter(Aggregation::Sum, None, ast), &fc).unwrap();
     let out = df.lazy().select([c.units.unwrap().alias("u")]).collect().unwrap();
     let u = out.column("u").unwrap().decimal().unwrap().physical().clone();
@@ -652,7 +735,12 @@ fn base_invoice() -> &'static Invoice {
     static BASE: std::sync::OnceLock<Invoice> = std::sync::OnceLock::new();
     BASE.get_or_init(|| {
         let t = tempfile::tempdir().unwrap();
-        let r = run(&RunOptions { config: repo().join("fixtures/12-unknown-account-and-schema/billrun.toml"), out: Some(t.path().join("out")), ..Default::default() }).unwrap();
+        let r = run(&RunOptions {
+            config: repo().join("fixtures/12-unknown-account-and-schema/billrun.toml"),
+            out: Some(t.path().join("out")),
+            ..Default::default()
+        })
+        .unwrap();
         r.invoices[0].invoice.clone()
     })
 }
@@ -770,7 +858,8 @@ fn every_reject_reason_is_counted_and_read_equals_used_plus_rejected() {
         ("INGESTION_FAILED_UNITS_INVALID", 2),
         ("INGESTION_COMPLETED_NO_MATCHING_METERS", 1),
     ]);
-    let got: BTreeMap<String, u64> = m["events"]["rejectedByReason"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap())).collect();
+    let got: BTreeMap<String, u64> =
+        m["events"]["rejectedByReason"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap())).collect();
     assert_eq!(got.len(), billrun::ingest::Reason::ALL.len(), "every reason occurs: {got:?}");
     for reason in billrun::ingest::Reason::ALL {
         assert_eq!(got.get(reason.as_str()).copied(), want.get(reason.as_str()).copied(), "{}", reason.as_str());
@@ -789,7 +878,19 @@ fn every_reject_reason_is_counted_and_read_equals_used_plus_rejected() {
         }
     }
     assert_eq!(per, got);
-    for id in ["x-schema", "x-account", "x-future", "x-arrives-at-as-of", "x-before-schedule", "x-past-grace", "x-not-a-number", "x-divide-by-zero", "x-no-meter", "x-undeclared", "v-01"] {
+    for id in [
+        "x-schema",
+        "x-account",
+        "x-future",
+        "x-arrives-at-as-of",
+        "x-before-schedule",
+        "x-past-grace",
+        "x-not-a-number",
+        "x-divide-by-zero",
+        "x-no-meter",
+        "x-undeclared",
+        "v-01",
+    ] {
         assert!(ids.contains(id), "{id} missing from rejects");
     }
     assert!(rejects.contains("x-malformed") && rejects.contains("x-bad-timestamp"));
@@ -810,7 +911,16 @@ fn chromium() -> PathBuf {
 fn dump_dom(browser: &Path, html: &Path) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new(browser)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
         .arg(format!("file://{}", html.display()))
@@ -841,14 +951,16 @@ fn hostile_names_render_inert_in_a_real_browser() {
     let line = "Calls </td></tr></table><script>document.documentElement.setAttribute('data-pwned','line')</script>";
     let org = "Org {{#each lines}}{{description}}{{/each}} & <b>bold</b>";
     let yaml_q = |s: &str| serde_json::to_string(s).unwrap(); // JSON strings are YAML
-    let text = std::fs::read_to_string(&cat).unwrap()
+    let text = std::fs::read_to_string(&cat)
+        .unwrap()
         .replace("name: Strict Validation Co", &format!("name: {}", yaml_q(&customer)))
         .replace("name: Strict One", &format!("name: {}", yaml_q(&account)))
         .replace("displayName: API calls", &format!("displayName: {}", yaml_q(line)))
         .replace("name: API\n", &format!("name: {}\n", yaml_q(PWN_IMG)));
     std::fs::write(&cat, text).unwrap();
     let cfg = dir.join("billrun.toml");
-    let toml_text = std::fs::read_to_string(&cfg).unwrap().replace("name = \"Example Co\"", &format!("name = {}", serde_json::to_string(org).unwrap()));
+    let toml_text =
+        std::fs::read_to_string(&cfg).unwrap().replace("name = \"Example Co\"", &format!("name = {}", serde_json::to_string(org).unwrap()));
     std::fs::write(&cfg, toml_text).unwrap();
 
     // Default templates (with their Content-Security-Policy) and the same template without the
@@ -860,7 +972,11 @@ fn hostile_names_render_inert_in_a_real_browser() {
     assert_ne!(stripped.len(), tpl.len());
     std::fs::write(no_csp.join("invoice.html.hbs"), stripped).unwrap();
     let cfg_no_csp = dir.join("billrun-nocsp.toml");
-    std::fs::write(&cfg_no_csp, format!("{}\n[templates]\ndir = {:?}\n", std::fs::read_to_string(&cfg).unwrap(), no_csp.display().to_string())).unwrap();
+    std::fs::write(
+        &cfg_no_csp,
+        format!("{}\n[templates]\ndir = {:?}\n", std::fs::read_to_string(&cfg).unwrap(), no_csp.display().to_string()),
+    )
+    .unwrap();
 
     for (config, label) in [(&cfg, "default template"), (&cfg_no_csp, "template without CSP")] {
         let store = t.path().join(format!("out-{}", label.len()));
@@ -903,7 +1019,21 @@ fn all_files(root: &Path) -> BTreeSet<PathBuf> {
 
 #[test]
 fn account_ids_never_escape_the_store() {
-    let ids = ["../../etc", "../x", "a/b", "..", ".", ".hidden", "back\\slash", "..\\..\\win", "nul\u{0}byte", "/abs", "%2E%2E", "a%2Fb", "ACC 1?*:|<>"];
+    let ids = [
+        "../../etc",
+        "../x",
+        "a/b",
+        "..",
+        ".",
+        ".hidden",
+        "back\\slash",
+        "..\\..\\win",
+        "nul\u{0}byte",
+        "/abs",
+        "%2E%2E",
+        "a%2Fb",
+        "ACC 1?*:|<>",
+    ];
     let t = tempfile::tempdir().unwrap();
     // the scenario sits deep below the temp root so that `../..` from the store stays inside it
     let dir = t.path().join("a/b/c/s");
@@ -914,7 +1044,9 @@ fn account_ids_never_escape_the_store() {
     for (i, id) in ids.iter().enumerate() {
         let q = serde_json::to_string(id).unwrap();
         accounts.push_str(&format!("  - {{id: {q}, name: \"n{i}\", customerId: cust.strict, invoiceCurrency: USD}}\n"));
-        schedules.push_str(&format!("  {q}:\n    - {{pricePlanId: pp.api, startDate: '2026-10-01T00:00:00Z', endDate: '2026-11-01T00:00:00Z'}}\n"));
+        schedules.push_str(&format!(
+            "  {q}:\n    - {{pricePlanId: pp.api, startDate: '2026-10-01T00:00:00Z', endDate: '2026-11-01T00:00:00Z'}}\n"
+        ));
         events.push_str(&serde_json::to_string(&json!({"id": format!("e{i}"), "schemaName": "api_call", "accountId": id, "timestamp": "2026-10-02T10:00:00Z", "attributes": [{"name": "tokens", "value": "1"}], "dimensions": {"region": "eu-west"}})).unwrap());
         events.push('\n');
     }
@@ -938,7 +1070,8 @@ fn account_ids_never_escape_the_store() {
     // nothing written next to the temp root either (e.g. ../../etc from the store)
     assert!(!t.path().join("etc").exists() && !t.path().join("a/etc").exists() && !t.path().join("a/b/etc").exists());
     // one directory per account, each a single safe segment, all distinct
-    let dirs: BTreeSet<String> = std::fs::read_dir(store.join("invoices")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    let dirs: BTreeSet<String> =
+        std::fs::read_dir(store.join("invoices")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     assert_eq!(dirs.len(), ids.len(), "{dirs:?}");
     for d in &dirs {
         assert!(!d.starts_with('.') && !d.contains(['/', '\\', '\0']), "{d}");
@@ -1120,7 +1253,10 @@ fn limits_a_catalog_with_thousands_of_plans() {
     }
     s.push_str("accountSchedules:\n");
     for a in 0..ACCOUNTS {
-        s.push_str(&format!("  ACC-{a}:\n    - {{pricePlanId: pp.{}, startDate: '2026-10-01T00:00:00Z', endDate: '2026-11-01T00:00:00Z'}}\n", a * 2));
+        s.push_str(&format!(
+            "  ACC-{a}:\n    - {{pricePlanId: pp.{}, startDate: '2026-10-01T00:00:00Z', endDate: '2026-11-01T00:00:00Z'}}\n",
+            a * 2
+        ));
     }
     std::fs::write(&cat, &s).unwrap();
     let mut events = String::new();
@@ -1159,10 +1295,7 @@ fn disk_full_fails_clearly_and_keeps_the_previous_store() {
     let mnt = t.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=512k"]).arg("tmpfs").arg(&mnt).status();
-    assert!(
-        mounted.is_ok_and(|s| s.success()),
-        "cannot mount a small tmpfs (this test needs root and mount rights, as scripts/test has)"
-    );
+    assert!(mounted.is_ok_and(|s| s.success()), "cannot mount a small tmpfs (this test needs root and mount rights, as scripts/test has)");
     let _guard = Tmpfs(mnt.clone());
     let dir = t.path().join("s");
     copy_dir(&repo().join("fixtures/12-unknown-account-and-schema"), &dir);

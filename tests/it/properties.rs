@@ -26,17 +26,22 @@ fn line(e: &Ev) -> String {
     let acc = ACCOUNTS[e.account];
     let ts = format!("2026-10-{:02}T{:02}:00:00Z", e.day, e.id % 24);
     if e.api {
-        format!(r#"{{"id":"p-{}","schemaName":"api_call","accountId":"{acc}","timestamp":"{ts}","attributes":[],"dimensions":{{"endpoint":"/v1/x","region":"us-east"}}}}"#, e.id)
+        format!(
+            r#"{{"id":"p-{}","schemaName":"api_call","accountId":"{acc}","timestamp":"{ts}","attributes":[],"dimensions":{{"endpoint":"/v1/x","region":"us-east"}}}}"#,
+            e.id
+        )
     } else {
         let gb = Decimal::new(e.gb_cents as i64, 2);
-        format!(r#"{{"id":"p-{}","schemaName":"storage_usage","accountId":"{acc}","timestamp":"{ts}","attributes":[{{"name":"gb","value":"{gb}"}}],"dimensions":{{"bucket":"b"}}}}"#, e.id)
+        format!(
+            r#"{{"id":"p-{}","schemaName":"storage_usage","accountId":"{acc}","timestamp":"{ts}","attributes":[{{"name":"gb","value":"{gb}"}}],"dimensions":{{"bucket":"b"}}}}"#,
+            e.id
+        )
     }
 }
 
 fn arb_events() -> impl Strategy<Value = Vec<Ev>> {
-    prop::collection::vec((0u32..40, 0usize..4, any::<bool>(), 1u32..32, 0u32..100_000), 1..60).prop_map(|v| {
-        v.into_iter().map(|(id, account, api, day, gb_cents)| Ev { id, account, api, day, gb_cents }).collect()
-    })
+    prop::collection::vec((0u32..40, 0usize..4, any::<bool>(), 1u32..32, 0u32..100_000), 1..60)
+        .prop_map(|v| v.into_iter().map(|(id, account, api, day, gb_cents)| Ev { id, account, api, day, gb_cents }).collect())
 }
 
 /// Write the events as `files` NDJSON files (round-robin after a permutation) and run.

@@ -22,32 +22,21 @@ struct Plan {
     dimensions: Vec<(String, usize)>,
 }
 
-fn resolve(
-    ctx: &FileCtx,
-    header: &[String],
-    mapping: &ColumnMapping,
-) -> Result<Plan, ConnectorError> {
+fn resolve(ctx: &FileCtx, header: &[String], mapping: &ColumnMapping) -> Result<Plan, ConnectorError> {
     let find = |col: &str, role: &str| -> Result<usize, ConnectorError> {
-        let mut hits = header
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| *h == col)
-            .map(|(i, _)| i);
+        let mut hits = header.iter().enumerate().filter(|(_, h)| *h == col).map(|(i, _)| i);
         match (hits.next(), hits.next()) {
             (Some(i), None) => Ok(i),
-            (Some(_), Some(_)) => Err(ctx.error(
-                ErrorKind::Format,
-                format!("column `{col}` (mapped to {role}) appears more than once in the header"),
-            )),
-            (None, _) => {
-                Err(ctx.error(
-                    ErrorKind::Config,
-                    format!(
+            (Some(_), Some(_)) => {
+                Err(ctx.error(ErrorKind::Format, format!("column `{col}` (mapped to {role}) appears more than once in the header")))
+            }
+            (None, _) => Err(ctx.error(
+                ErrorKind::Config,
+                format!(
                     "mapped column `{col}` (for {role}) is not in the header; the header has: {}",
                     header.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>().join(", ")
                 ),
-                ))
-            }
+            )),
         }
     };
     let schema_name = match (&mapping.schema_name, &mapping.schema_name_value) {
@@ -60,11 +49,7 @@ fn resolve(
         account_id: find(&mapping.account_id, "account_id")?,
         timestamp: find(&mapping.timestamp, "timestamp")?,
         schema_name,
-        ingested_at: mapping
-            .ingested_at
-            .as_deref()
-            .map(|c| find(c, "ingested_at"))
-            .transpose()?,
+        ingested_at: mapping.ingested_at.as_deref().map(|c| find(c, "ingested_at")).transpose()?,
         attributes: mapping
             .attributes
             .iter()
@@ -78,54 +63,28 @@ fn resolve(
     })
 }
 
-pub(crate) fn read_csv(
-    ctx: &FileCtx,
-    data: &[u8],
-    mapping: &ColumnMapping,
-) -> Result<FileOutput, ConnectorError> {
+pub(crate) fn read_csv(ctx: &FileCtx, data: &[u8], mapping: &ColumnMapping) -> Result<FileOutput, ConnectorError> {
     if data.is_empty() {
         tracing::debug!(file = %ctx.path, "empty CSV file: no header, no rows");
         return Ok(FileOutput::default());
     }
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .from_reader(data);
-    let header_record = rdr
-        .byte_headers()
-        .map_err(|e| {
-            ctx.error(
-                ErrorKind::Format,
-                format!("cannot read the CSV header: {e}"),
-            )
-        })?
-        .clone();
+    let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(data);
+    let header_record = rdr.byte_headers().map_err(|e| ctx.error(ErrorKind::Format, format!("cannot read the CSV header: {e}")))?.clone();
     let header: Vec<String> = header_record
         .iter()
         .map(|h| String::from_utf8(h.to_vec()))
         .collect::<Result<_, _>>()
-        .map_err(|e| {
-            ctx.error(
-                ErrorKind::Format,
-                format!("CSV header is not valid UTF-8: {e}"),
-            )
-        })?;
+        .map_err(|e| ctx.error(ErrorKind::Format, format!("CSV header is not valid UTF-8: {e}")))?;
     if header.is_empty() || header.iter().all(String::is_empty) {
         return Err(ctx.error(ErrorKind::Format, "CSV file has no header row"));
     }
     let plan = resolve(ctx, &header, mapping)?;
 
-    let mut batcher = RowBatcher::new(
-        &ctx.path,
-        mapping.attributes.keys().cloned(),
-        mapping.dimensions.keys().cloned(),
-    );
+    let mut batcher = RowBatcher::new(&ctx.path, mapping.attributes.keys().cloned(), mapping.dimensions.keys().cloned());
     let mut bad_records = Vec::new();
     let mut record = csv::ByteRecord::new();
     loop {
-        let more = rdr
-            .read_byte_record(&mut record)
-            .map_err(|e| ctx.error(ErrorKind::Format, format!("cannot read CSV: {e}")))?;
+        let more = rdr.read_byte_record(&mut record).map_err(|e| ctx.error(ErrorKind::Format, format!("cannot read CSV: {e}")))?;
         if !more {
             break;
         }
@@ -152,41 +111,26 @@ pub(crate) fn read_csv(
             Err(error) => {
                 let location = format!("{}:{line}", ctx.path);
                 tracing::debug!(%location, %error, "bad CSV record");
-                bad_records.push(BadRecord {
-                    location,
-                    raw: String::from_utf8_lossy(raw).into_owned(),
-                    error,
-                });
+                bad_records.push(BadRecord { location, raw: String::from_utf8_lossy(raw).into_owned(), error });
             }
         }
     }
-    Ok(FileOutput {
-        batches: batcher.finish().map_err(|e| ctx.arrow_error(e))?,
-        bad_records,
-    })
+    Ok(FileOutput { batches: batcher.finish().map_err(|e| ctx.arrow_error(e))?, bad_records })
 }
 
 fn to_row(plan: &Plan, header: &[String], record: &csv::ByteRecord) -> Result<Row, String> {
     if record.len() != header.len() {
-        return Err(format!(
-            "row has {} fields but the header has {}",
-            record.len(),
-            header.len()
-        ));
+        return Err(format!("row has {} fields but the header has {}", record.len(), header.len()));
     }
     let field = |i: usize| -> Result<Option<String>, String> {
         let bytes = record.get(i).unwrap_or_default();
         if bytes.is_empty() {
             return Ok(None);
         }
-        std::str::from_utf8(bytes)
-            .map(|s| Some(s.to_string()))
-            .map_err(|e| format!("column `{}` is not valid UTF-8: {e}", header[i]))
+        std::str::from_utf8(bytes).map(|s| Some(s.to_string())).map_err(|e| format!("column `{}` is not valid UTF-8: {e}", header[i]))
     };
     let ts = |i: usize| -> Result<Option<i64>, String> {
-        field(i)?
-            .map(|t| parse_timestamp_micros(&t).map_err(|e| format!("column `{}`: {e}", header[i])))
-            .transpose()
+        field(i)?.map(|t| parse_timestamp_micros(&t).map_err(|e| format!("column `{}`: {e}", header[i]))).transpose()
     };
     let pairs = |cols: &[(String, usize)]| -> Result<Vec<(String, String)>, String> {
         let mut out = Vec::with_capacity(cols.len());

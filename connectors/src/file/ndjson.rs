@@ -53,13 +53,9 @@ impl<'de> Deserialize<'de> for Dimensions {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Dimensions, A::Error> {
                 let mut out: Vec<(String, String)> = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
-                    let value: String = map
-                        .next_value()
-                        .map_err(|e| de::Error::custom(format_args!("dimension `{key}`: {e}")))?;
+                    let value: String = map.next_value().map_err(|e| de::Error::custom(format_args!("dimension `{key}`: {e}")))?;
                     if out.iter().any(|(k, _)| *k == key) {
-                        return Err(de::Error::custom(format_args!(
-                            "duplicate dimension `{key}`"
-                        )));
+                        return Err(de::Error::custom(format_args!("duplicate dimension `{key}`")));
                     }
                     out.push((key, value));
                 }
@@ -82,27 +78,17 @@ pub(crate) fn read_ndjson(ctx: &FileCtx, data: &[u8]) -> Result<FileOutput, Conn
         let location = format!("{}:{}", ctx.path, i + 1);
         let parsed = match std::str::from_utf8(line) {
             Ok(text) => parse_line(text).map_err(|e| (text.to_string(), e)),
-            Err(e) => Err((
-                String::from_utf8_lossy(line).into_owned(),
-                format!("line is not valid UTF-8: {e}"),
-            )),
+            Err(e) => Err((String::from_utf8_lossy(line).into_owned(), format!("line is not valid UTF-8: {e}"))),
         };
         match parsed {
             Ok(row) => batcher.push(row).map_err(|e| ctx.arrow_error(e))?,
             Err((raw, error)) => {
                 tracing::debug!(%location, %error, "bad NDJSON record");
-                bad_records.push(BadRecord {
-                    location,
-                    raw,
-                    error,
-                });
+                bad_records.push(BadRecord { location, raw, error });
             }
         }
     }
-    Ok(FileOutput {
-        batches: batcher.finish().map_err(|e| ctx.arrow_error(e))?,
-        bad_records,
-    })
+    Ok(FileOutput { batches: batcher.finish().map_err(|e| ctx.arrow_error(e))?, bad_records })
 }
 
 fn describe(e: &serde_json::Error, what: &str) -> String {
@@ -145,15 +131,9 @@ pub(crate) fn parse_line(text: &str) -> Result<Row, String> {
         }
         let raw = a.value.get();
         let value = match raw.as_bytes().first() {
-            Some(b'"') => serde_json::from_str::<String>(raw)
-                .map_err(|e| format!("attribute `{}`: {e}", a.name))?,
+            Some(b'"') => serde_json::from_str::<String>(raw).map_err(|e| format!("attribute `{}`: {e}", a.name))?,
             Some(b'-' | b'0'..=b'9') => raw.to_string(),
-            _ => {
-                return Err(format!(
-                    "attribute `{}`: value must be a string or a number, found `{raw}`",
-                    a.name
-                ))
-            }
+            _ => return Err(format!("attribute `{}`: value must be a string or a number, found `{raw}`", a.name)),
         };
         attributes.push((a.name, value));
     }
@@ -197,10 +177,7 @@ mod tests {
                 ("w".to_string(), "-50".to_string()),
             ]
         );
-        assert_eq!(
-            row.dimensions,
-            vec![("region".to_string(), "eu".to_string())]
-        );
+        assert_eq!(row.dimensions, vec![("region".to_string(), "eu".to_string())]);
         assert_eq!(row.timestamp, Some(1_655_278_235_123_000));
         assert_eq!(row.ingested_at, None);
     }
@@ -218,43 +195,16 @@ mod tests {
     #[test]
     fn errors() {
         let cases = [
-            (
-                r#"{"timestamp":"2026-10-01","extra":1}"#,
-                "unknown field `extra`",
-            ),
+            (r#"{"timestamp":"2026-10-01","extra":1}"#, "unknown field `extra`"),
             (r#"{"id":"e"}"#, "missing field `timestamp`"),
-            (
-                r#"{"timestamp":"2026-10-01","id":7}"#,
-                "invalid type: integer `7`",
-            ),
-            (
-                r#"{"timestamp":"2026-10-01","dimensions":{"r":1}}"#,
-                "dimension `r`",
-            ),
-            (
-                r#"{"timestamp":"2026-10-01","dimensions":{"r":"a","r":"b"}}"#,
-                "duplicate dimension `r`",
-            ),
-            (
-                r#"{"timestamp":"2026-10-01","attributes":[{"name":"a","value":"1"},{"name":"a","value":"2"}]}"#,
-                "duplicate attribute `a`",
-            ),
-            (
-                r#"{"timestamp":"2026-10-01","attributes":[{"name":"a","value":true}]}"#,
-                "string or a number",
-            ),
-            (
-                r#"{"timestamp":"2026-10-01","attributes":[{"name":"a"}]}"#,
-                "missing field `value`",
-            ),
-            (
-                r#"{"timestamp":"2026-10-01","ingestedAt":"nope"}"#,
-                "ingestedAt: invalid timestamp",
-            ),
-            (
-                r#"{"timestamp":"2026-10-01T00:00:00.0000001Z"}"#,
-                "sub-microsecond",
-            ),
+            (r#"{"timestamp":"2026-10-01","id":7}"#, "invalid type: integer `7`"),
+            (r#"{"timestamp":"2026-10-01","dimensions":{"r":1}}"#, "dimension `r`"),
+            (r#"{"timestamp":"2026-10-01","dimensions":{"r":"a","r":"b"}}"#, "duplicate dimension `r`"),
+            (r#"{"timestamp":"2026-10-01","attributes":[{"name":"a","value":"1"},{"name":"a","value":"2"}]}"#, "duplicate attribute `a`"),
+            (r#"{"timestamp":"2026-10-01","attributes":[{"name":"a","value":true}]}"#, "string or a number"),
+            (r#"{"timestamp":"2026-10-01","attributes":[{"name":"a"}]}"#, "missing field `value`"),
+            (r#"{"timestamp":"2026-10-01","ingestedAt":"nope"}"#, "ingestedAt: invalid timestamp"),
+            (r#"{"timestamp":"2026-10-01T00:00:00.0000001Z"}"#, "sub-microsecond"),
             (r#"[1,2]"#, "expected one JSON object per line"),
             (r#"{"timestamp": "2026-10-01""#, "invalid JSON"),
         ];

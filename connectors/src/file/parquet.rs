@@ -5,13 +5,11 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, StringArray, TimestampMicrosecondArray,
-};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray, TimestampMicrosecondArray};
 use arrow::compute::{cast_with_options, filter_record_batch, CastOptions};
 use arrow::datatypes::{
-    DataType, Date32Type, Date64Type, Field, Schema, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
+    DataType, Date32Type, Date64Type, Field, Schema, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType,
 };
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
@@ -46,27 +44,14 @@ impl AsyncFileReader for StoreReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         async move {
             let options = GetOptions::new().with_range(Some(range));
-            let result = self
-                .store
-                .get_opts(&self.path, options)
-                .await
-                .map_err(external)?;
+            let result = self.store.get_opts(&self.path, options).await.map_err(external)?;
             result.bytes().await.map_err(external)
         }
         .boxed()
     }
 
-    fn get_byte_ranges(
-        &mut self,
-        ranges: Vec<Range<u64>>,
-    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
-        async move {
-            self.store
-                .get_ranges(&self.path, &ranges)
-                .await
-                .map_err(external)
-        }
-        .boxed()
+    fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(external) }.boxed()
     }
 
     fn get_metadata<'a>(
@@ -75,10 +60,7 @@ impl AsyncFileReader for StoreReader {
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
         let size = self.size;
         async move {
-            let metadata = ParquetMetaDataReader::new()
-                .with_arrow_reader_options(options)
-                .load_and_finish(&mut *self, size)
-                .await?;
+            let metadata = ParquetMetaDataReader::new().with_arrow_reader_options(options).load_and_finish(&mut *self, size).await?;
             Ok(Arc::new(metadata))
         }
         .boxed()
@@ -95,24 +77,15 @@ fn base_type(dt: &DataType) -> &DataType {
 
 fn is_int(dt: &DataType) -> bool {
     use DataType::*;
-    matches!(
-        dt,
-        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64
-    )
+    matches!(dt, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64)
 }
 
 fn is_string(dt: &DataType) -> bool {
-    matches!(
-        dt,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-    )
+    matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }
 
 fn is_float(dt: &DataType) -> bool {
-    matches!(
-        dt,
-        DataType::Float16 | DataType::Float32 | DataType::Float64
-    )
+    matches!(dt, DataType::Float16 | DataType::Float32 | DataType::Float64)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -122,29 +95,14 @@ enum Role {
     Attribute,
 }
 
-fn check_type(
-    col: &str,
-    role_name: &str,
-    role: Role,
-    dt: &DataType,
-) -> Result<(), (ErrorKind, String)> {
+fn check_type(col: &str, role_name: &str, role: Role, dt: &DataType) -> Result<(), (ErrorKind, String)> {
     let base = base_type(dt);
     if is_float(base) {
-        let what = if role == Role::Attribute {
-            "a quantity"
-        } else {
-            "an identifier or label"
-        };
-        let store_as = if role == Role::Attribute {
-            "DECIMAL or text"
-        } else {
-            "text"
-        };
+        let what = if role == Role::Attribute { "a quantity" } else { "an identifier or label" };
+        let store_as = if role == Role::Attribute { "DECIMAL or text" } else { "text" };
         return Err((
             ErrorKind::UnsupportedType,
-            format!(
-                "column `{col}` is {base}: billrun does not read binary floating point as {what}; store it as {store_as}"
-            ),
+            format!("column `{col}` is {base}: billrun does not read binary floating point as {what}; store it as {store_as}"),
         ));
     }
     let ok = match role {
@@ -160,20 +118,11 @@ fn check_type(
                         | DataType::Decimal256(..)
                 )
         }
-        Role::Timestamp => {
-            is_string(base)
-                || matches!(
-                    base,
-                    DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
-                )
-        }
+        Role::Timestamp => is_string(base) || matches!(base, DataType::Timestamp(..) | DataType::Date32 | DataType::Date64),
         Role::Attribute => {
             is_string(base)
                 || is_int(base)
-                || matches!(
-                    base,
-                    DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..)
-                )
+                || matches!(base, DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..))
                 || matches!(base, DataType::Decimal256(p, _) if *p <= 38)
         }
     };
@@ -185,10 +134,7 @@ fn check_type(
         Role::Timestamp => "a TIMESTAMP, DATE or ISO-8601 text column",
         Role::Attribute => "an integer, DECIMAL (precision <= 38) or text column",
     };
-    Err((
-        ErrorKind::UnsupportedType,
-        format!("column `{col}` (for {role_name}) has type {dt}; billrun needs {need}"),
-    ))
+    Err((ErrorKind::UnsupportedType, format!("column `{col}` (for {role_name}) has type {dt}; billrun needs {need}")))
 }
 
 struct Target {
@@ -203,108 +149,45 @@ pub(crate) async fn read_parquet(
     meta: &ObjectMeta,
     mapping: &ColumnMapping,
 ) -> Result<FileOutput, ConnectorError> {
-    let reader = StoreReader {
-        store,
-        path: meta.location.clone(),
-        size: meta.size,
-    };
+    let reader = StoreReader { store, path: meta.location.clone(), size: meta.size };
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
-        .map_err(|e| {
-            ctx.error(
-                ErrorKind::Format,
-                format!("not a readable Parquet file: {e}"),
-            )
-        })?;
+        .map_err(|e| ctx.error(ErrorKind::Format, format!("not a readable Parquet file: {e}")))?;
     let file_schema = Arc::clone(builder.schema());
 
     // Every mapped column, with its role, checked before reading any data.
     let mut targets = vec![
-        Target {
-            column: mapping.event_id.clone(),
-            role_name: "event_id".into(),
-            role: Role::Text,
-        },
-        Target {
-            column: mapping.account_id.clone(),
-            role_name: "account_id".into(),
-            role: Role::Text,
-        },
-        Target {
-            column: mapping.timestamp.clone(),
-            role_name: "timestamp".into(),
-            role: Role::Timestamp,
-        },
+        Target { column: mapping.event_id.clone(), role_name: "event_id".into(), role: Role::Text },
+        Target { column: mapping.account_id.clone(), role_name: "account_id".into(), role: Role::Text },
+        Target { column: mapping.timestamp.clone(), role_name: "timestamp".into(), role: Role::Timestamp },
     ];
     if let Some(c) = &mapping.schema_name {
-        targets.push(Target {
-            column: c.clone(),
-            role_name: "schema_name".into(),
-            role: Role::Text,
-        });
+        targets.push(Target { column: c.clone(), role_name: "schema_name".into(), role: Role::Text });
     }
     if let Some(c) = &mapping.ingested_at {
-        targets.push(Target {
-            column: c.clone(),
-            role_name: "ingested_at".into(),
-            role: Role::Timestamp,
-        });
+        targets.push(Target { column: c.clone(), role_name: "ingested_at".into(), role: Role::Timestamp });
     }
     for (name, col) in &mapping.attributes {
-        targets.push(Target {
-            column: col.clone(),
-            role_name: format!("attribute `{name}`"),
-            role: Role::Attribute,
-        });
+        targets.push(Target { column: col.clone(), role_name: format!("attribute `{name}`"), role: Role::Attribute });
     }
     for (name, col) in &mapping.dimensions {
-        targets.push(Target {
-            column: col.clone(),
-            role_name: format!("dimension `{name}`"),
-            role: Role::Text,
-        });
+        targets.push(Target { column: col.clone(), role_name: format!("dimension `{name}`"), role: Role::Text });
     }
     let mut roots: Vec<usize> = Vec::new();
     for t in &targets {
-        let hits: Vec<usize> = file_schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.name() == &t.column)
-            .map(|(i, _)| i)
-            .collect();
+        let hits: Vec<usize> = file_schema.fields().iter().enumerate().filter(|(_, f)| f.name() == &t.column).map(|(i, _)| i).collect();
         let idx = match hits.as_slice() {
             [i] => *i,
             [] => {
-                let have: Vec<String> = file_schema
-                    .fields()
-                    .iter()
-                    .map(|f| format!("`{}`", f.name()))
-                    .collect();
+                let have: Vec<String> = file_schema.fields().iter().map(|f| format!("`{}`", f.name())).collect();
                 return Err(ctx.error(
                     ErrorKind::Config,
-                    format!(
-                        "mapped column `{}` (for {}) is not in the file; the file has: {}",
-                        t.column,
-                        t.role_name,
-                        have.join(", ")
-                    ),
+                    format!("mapped column `{}` (for {}) is not in the file; the file has: {}", t.column, t.role_name, have.join(", ")),
                 ));
             }
-            _ => {
-                return Err(ctx.error(
-                    ErrorKind::Format,
-                    format!("column `{}` appears more than once in the file", t.column),
-                ))
-            }
+            _ => return Err(ctx.error(ErrorKind::Format, format!("column `{}` appears more than once in the file", t.column))),
         };
-        check_type(
-            &t.column,
-            &t.role_name,
-            t.role,
-            file_schema.field(idx).data_type(),
-        )
-        .map_err(|(kind, msg)| ctx.error(kind, msg))?;
+        check_type(&t.column, &t.role_name, t.role, file_schema.field(idx).data_type()).map_err(|(kind, msg)| ctx.error(kind, msg))?;
         roots.push(idx);
     }
     roots.sort_unstable();
@@ -316,26 +199,12 @@ pub(crate) async fn read_parquet(
         .build()
         .map_err(|e| ctx.error(ErrorKind::Format, format!("cannot read Parquet data: {e}")))?;
 
-    let metadata = HashMap::from([(
-        schema::SOURCE_FILE_METADATA_KEY.to_string(),
-        ctx.path.clone(),
-    )]);
+    let metadata = HashMap::from([(schema::SOURCE_FILE_METADATA_KEY.to_string(), ctx.path.clone())]);
     let mut out = FileOutput::default();
     let mut row_offset = 0usize;
-    while let Some(batch) = stream
-        .try_next()
-        .await
-        .map_err(|e| ctx.error(ErrorKind::Format, format!("cannot read Parquet data: {e}")))?
-    {
+    while let Some(batch) = stream.try_next().await.map_err(|e| ctx.error(ErrorKind::Format, format!("cannot read Parquet data: {e}")))? {
         let n = batch.num_rows();
-        let converted = convert(
-            ctx,
-            mapping,
-            &batch,
-            row_offset,
-            &metadata,
-            &mut out.bad_records,
-        )?;
+        let converted = convert(ctx, mapping, &batch, row_offset, &metadata, &mut out.bad_records)?;
         if converted.num_rows() > 0 {
             out.batches.push(converted);
         }
@@ -345,16 +214,11 @@ pub(crate) async fn read_parquet(
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
-    batch
-        .column_by_name(name)
-        .expect("projected column present")
+    batch.column_by_name(name).expect("projected column present")
 }
 
 fn strict() -> CastOptions<'static> {
-    CastOptions {
-        safe: false,
-        ..Default::default()
-    }
+    CastOptions { safe: false, ..Default::default() }
 }
 
 fn to_utf8(col: &ArrayRef) -> Result<ArrayRef, ArrowError> {
@@ -369,10 +233,7 @@ fn to_attribute(col: &ArrayRef) -> Result<ArrayRef, ArrowError> {
     let base = base_type(col.data_type()).clone();
     match base {
         t if is_int(&t) => cast_with_options(col, &DataType::Int64, &strict()),
-        DataType::Decimal32(p, s)
-        | DataType::Decimal64(p, s)
-        | DataType::Decimal128(p, s)
-        | DataType::Decimal256(p, s) => {
+        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => {
             let target = DataType::Decimal128(p.min(38), s);
             if col.data_type() == &target {
                 Ok(Arc::clone(col))
@@ -397,42 +258,21 @@ fn to_micros(
     let col = if col.data_type() == &base {
         Arc::clone(col)
     } else {
-        cast_with_options(col, &base, &strict())
-            .map_err(|e| ctx.error(ErrorKind::Format, format!("column `{name}`: {e}")))?
+        cast_with_options(col, &base, &strict()).map_err(|e| ctx.error(ErrorKind::Format, format!("column `{name}`: {e}")))?
     };
     let overflow = |row: usize| {
         ctx.error(
             ErrorKind::UnsupportedType,
-            format!(
-                "column `{name}`: value at row {} is out of the microsecond range",
-                row_offset + row + 1
-            ),
+            format!("column `{name}`: value at row {} is out of the microsecond range", row_offset + row + 1),
         )
     };
     let scale = |vals: Vec<Option<i64>>, factor: i64| -> Result<Vec<Option<i64>>, ConnectorError> {
-        vals.into_iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.map(|v| v.checked_mul(factor).ok_or_else(|| overflow(i)))
-                    .transpose()
-            })
-            .collect()
+        vals.into_iter().enumerate().map(|(i, v)| v.map(|v| v.checked_mul(factor).ok_or_else(|| overflow(i))).transpose()).collect()
     };
     match &base {
-        DataType::Timestamp(TimeUnit::Second, _) => scale(
-            col.as_primitive::<TimestampSecondType>().iter().collect(),
-            1_000_000,
-        ),
-        DataType::Timestamp(TimeUnit::Millisecond, _) => scale(
-            col.as_primitive::<TimestampMillisecondType>()
-                .iter()
-                .collect(),
-            1_000,
-        ),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => Ok(col
-            .as_primitive::<TimestampMicrosecondType>()
-            .iter()
-            .collect()),
+        DataType::Timestamp(TimeUnit::Second, _) => scale(col.as_primitive::<TimestampSecondType>().iter().collect(), 1_000_000),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => scale(col.as_primitive::<TimestampMillisecondType>().iter().collect(), 1_000),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => Ok(col.as_primitive::<TimestampMicrosecondType>().iter().collect()),
         DataType::Timestamp(TimeUnit::Nanosecond, _) => col
             .as_primitive::<TimestampNanosecondType>()
             .iter()
@@ -449,17 +289,10 @@ fn to_micros(
                 v => Ok(v.map(|ns| ns / 1_000)),
             })
             .collect(),
-        DataType::Date32 => scale(
-            col.as_primitive::<Date32Type>()
-                .iter()
-                .map(|d| d.map(i64::from))
-                .collect(),
-            86_400_000_000,
-        ),
+        DataType::Date32 => scale(col.as_primitive::<Date32Type>().iter().map(|d| d.map(i64::from)).collect(), 86_400_000_000),
         DataType::Date64 => scale(col.as_primitive::<Date64Type>().iter().collect(), 1_000),
         t if is_string(t) => {
-            let text = to_utf8(&col)
-                .map_err(|e| ctx.error(ErrorKind::Format, format!("column `{name}`: {e}")))?;
+            let text = to_utf8(&col).map_err(|e| ctx.error(ErrorKind::Format, format!("column `{name}`: {e}")))?;
             Ok(text
                 .as_string::<i32>()
                 .iter()
@@ -476,10 +309,7 @@ fn to_micros(
                 })
                 .collect())
         }
-        other => Err(ctx.error(
-            ErrorKind::UnsupportedType,
-            format!("column `{name}` has type {other}; billrun needs a timestamp"),
-        )),
+        other => Err(ctx.error(ErrorKind::UnsupportedType, format!("column `{name}` has type {other}; billrun needs a timestamp"))),
     }
 }
 
@@ -493,18 +323,11 @@ fn convert(
 ) -> Result<RecordBatch, ConnectorError> {
     let n = batch.num_rows();
     let text = |name: &str| -> Result<ArrayRef, ConnectorError> {
-        to_utf8(column(batch, name))
-            .map_err(|e| ctx.error(ErrorKind::Format, format!("column `{name}`: {e}")))
+        to_utf8(column(batch, name)).map_err(|e| ctx.error(ErrorKind::Format, format!("column `{name}`: {e}")))
     };
     let mut bad: Vec<(usize, String, String)> = Vec::new();
 
-    let timestamp = to_micros(
-        ctx,
-        &mapping.timestamp,
-        column(batch, &mapping.timestamp),
-        row_offset,
-        &mut bad,
-    )?;
+    let timestamp = to_micros(ctx, &mapping.timestamp, column(batch, &mapping.timestamp), row_offset, &mut bad)?;
     let ingested_at = match &mapping.ingested_at {
         Some(c) => to_micros(ctx, c, column(batch, c), row_offset, &mut bad)?,
         None => vec![None; n],
@@ -523,25 +346,13 @@ fn convert(
         Arc::new(TimestampMicrosecondArray::from(ingested_at).with_timezone(UTC)),
     ];
     for (attr, col) in &mapping.attributes {
-        let arr = to_attribute(column(batch, col)).map_err(|e| {
-            ctx.error(
-                ErrorKind::UnsupportedType,
-                format!("column `{col}` (attribute `{attr}`): {e}"),
-            )
-        })?;
-        fields.push(Field::new(
-            schema::attribute_column(attr),
-            arr.data_type().clone(),
-            true,
-        ));
+        let arr = to_attribute(column(batch, col))
+            .map_err(|e| ctx.error(ErrorKind::UnsupportedType, format!("column `{col}` (attribute `{attr}`): {e}")))?;
+        fields.push(Field::new(schema::attribute_column(attr), arr.data_type().clone(), true));
         columns.push(arr);
     }
     for (dim, col) in &mapping.dimensions {
-        fields.push(Field::new(
-            schema::dimension_column(dim),
-            DataType::Utf8,
-            true,
-        ));
+        fields.push(Field::new(schema::dimension_column(dim), DataType::Utf8, true));
         columns.push(text(col)?);
     }
     let schema = Arc::new(Schema::new(fields).with_metadata(metadata.clone()));
@@ -556,11 +367,7 @@ fn convert(
         tracing::debug!(%location, %error, "bad Parquet record");
         if keep[i] {
             keep[i] = false;
-            bad_records.push(BadRecord {
-                location,
-                raw,
-                error,
-            });
+            bad_records.push(BadRecord { location, raw, error });
         } else if let Some(last) = bad_records.last_mut() {
             // Same row, second bad timestamp: one record, both reasons.
             last.raw = format!("{} {raw}", last.raw);
