@@ -196,6 +196,15 @@ fn card_line(
     (line, amount)
 }
 
+/// The invoice's total lines, GRAND_TOTAL → TOTAL → NET → GROSS (all of `value`, no credits or
+/// taxes yet), around the gross amount's children.
+fn totals_tree(value: &str, gross_children: Vec<LineItem>) -> LineItem {
+    let gross = wrap("GROSS_AMOUNT", "Gross amount", value, gross_children);
+    let net = wrap("NET_AMOUNT", "Net amount", value, vec![gross]);
+    let total = wrap("TOTAL_AMOUNT", "Total", value, vec![net]);
+    wrap("GRAND_TOTAL_AMOUNT", "Grand total", value, vec![total])
+}
+
 fn wrap(kind: &str, description: &str, value: &str, children: Vec<LineItem>) -> LineItem {
     let mut l = LineItem::new(kind, description, value.to_string());
     l.line_items = children;
@@ -597,17 +606,7 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
                 total += add_total;
             }
             let v = format_amount(total, cur);
-            let tree = wrap(
-                "GRAND_TOTAL_AMOUNT",
-                "Grand total",
-                &v,
-                vec![wrap(
-                    "TOTAL_AMOUNT",
-                    "Total",
-                    &v,
-                    vec![wrap("NET_AMOUNT", "Net amount", &v, vec![wrap("GROSS_AMOUNT", "Gross amount", &v, gross_children)])],
-                )],
-            );
+            let tree = totals_tree(&v, gross_children);
             let mut built = assemble(&parts, org, as_of, Kind::Standard, tree, usage_info, lines, total);
             built.invoice.pricing_rules_log = rule_log;
             out.push(built);
@@ -683,47 +682,15 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
             let t: Decimal = items.iter().map(|i| i.1).sum();
             let v = format_amount(t, cur);
             let lines: Vec<(String, Decimal)> = items.iter().map(|i| (i.0.description.clone(), i.1)).collect();
-            let tree = wrap(
-                "GRAND_TOTAL_AMOUNT",
-                "Grand total",
+            let tree = totals_tree(
                 &v,
-                vec![wrap(
-                    "TOTAL_AMOUNT",
-                    "Total",
-                    &v,
-                    vec![wrap(
-                        "NET_AMOUNT",
-                        "Net amount",
-                        &v,
-                        vec![wrap(
-                            "GROSS_AMOUNT",
-                            "Gross amount",
-                            &v,
-                            vec![wrap("TOTAL_ADVANCED_FEES", "License increases in advance", &v, items.into_iter().map(|i| i.0).collect())],
-                        )],
-                    )],
-                )],
+                vec![wrap("TOTAL_ADVANCED_FEES", "License increases in advance", &v, items.into_iter().map(|i| i.0).collect())],
             );
             out.push(assemble(&parts, org, as_of, Kind::AdHoc(day), tree, Vec::new(), lines, t));
         }
         if !adv.is_empty() {
             let v = format_amount(total, cur);
-            let tree = wrap(
-                "GRAND_TOTAL_AMOUNT",
-                "Grand total",
-                &v,
-                vec![wrap(
-                    "TOTAL_AMOUNT",
-                    "Total",
-                    &v,
-                    vec![wrap(
-                        "NET_AMOUNT",
-                        "Net amount",
-                        &v,
-                        vec![wrap("GROSS_AMOUNT", "Gross amount", &v, vec![wrap("TOTAL_ADVANCED_FEES", "Fees in advance", &v, adv)])],
-                    )],
-                )],
-            );
+            let tree = totals_tree(&v, vec![wrap("TOTAL_ADVANCED_FEES", "Fees in advance", &v, adv)]);
             out.push(assemble(&parts, org, as_of, Kind::Advanced, tree, Vec::new(), lines, total));
         }
     }
