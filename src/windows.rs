@@ -42,9 +42,18 @@ impl Window {
 pub fn plan_windows(catalog: &Catalog, tz: Tz, as_of: NaiveDate) -> Vec<Window> {
     let mut out = Vec::new();
     for account in catalog.accounts.values() {
+        // the cycle of the schedule before, for retainStartOffsets: (anchored cycle, its end)
+        let mut previous: Option<(crate::cycles::CycleConfig, Option<NaiveDate>)> = None;
         for sch in &account.schedules {
             let Some(plan) = catalog.plans.get(&sch.plan_id) else { continue };
-            let cycle = plan.cycle.anchored_at(sch.start);
+            let mut cycle = plan.cycle.anchored_at(sch.start);
+            if let Some((p, end)) = previous.filter(|_| sch.retain_start_offsets) {
+                if end == Some(sch.start) && p.interval == cycle.interval {
+                    cycle.day = p.day;
+                    cycle.month = p.month;
+                }
+            }
+            previous = Some((cycle, sch.end));
             let mut d = sch.start;
             let mut k = 0;
             loop {
@@ -126,7 +135,7 @@ mod tests {
     }
 
     fn sch(id: &str, plan: &str, start: NaiveDate, end: Option<NaiveDate>) -> Schedule {
-        Schedule { id: id.into(), plan_id: plan.into(), start, end }
+        Schedule { id: id.into(), plan_id: plan.into(), start, end, retain_start_offsets: false }
     }
 
     proptest! {

@@ -275,10 +275,13 @@ pub struct Alias {
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub id: String,
+    /// The plan, or the account's override of it (`<plan>@<schedule>`), in `Catalog::plans`.
     pub plan_id: String,
     /// Local dates in the organisation's time zone; `[start, end)`.
     pub start: NaiveDate,
     pub end: Option<NaiveDate>,
+    /// Keep the cycle offsets of the schedule that ends when this one starts.
+    pub retain_start_offsets: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -662,7 +665,14 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
     }
     let _features: Vec<_> = raw.features; // accepted (entitlements arrive with the rating-engine work)
 
+    // each plan's raw cycle and currencies, the defaults of per-account overrides
+    let mut plan_defaults: BTreeMap<String, (Option<RawPricingCycleConfig>, Vec<String>)> = BTreeMap::new();
     for (o, p) in raw.plans {
+        let defaults = match &p.price_plan_details {
+            Some(det) => (det.pricing_cycle_config.clone(), det.supported_currencies.clone()),
+            None => (p.pricing_cycle_config.clone(), p.supported_currencies.clone().unwrap_or_default()),
+        };
+        plan_defaults.insert(p.id.clone(), defaults);
         if let Some(plan) = validate_plan(&o, p, &cat, d) {
             if cat.plans.insert(plan.id.clone(), plan.clone()).is_some() {
                 d.push(o.diag("id", format!("duplicate price plan id `{}`", plan.id)));
@@ -779,11 +789,6 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
         if let Some((e, None)) = end {
             d.push(o.diag("endDate", format!("`{e}` is not a date-time")));
         }
-        if s.price_plan_details.is_some() || s.pricing_rules.as_ref().is_some_and(|r| !r.is_empty()) {
-            d.push(
-                o.diag("pricePlanDetails", "per-account overrides (pricePlanDetails / pricingRules on a schedule) are not supported yet"),
-            );
-        }
         if !cat.plans.contains_key(&s.price_plan_id) {
             d.push(o.diag("pricePlanId", format!("unknown price plan `{}`", s.price_plan_id)));
         }
@@ -795,7 +800,7 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
             d.push(o.diag("endDate", "endDate must be after startDate"));
             continue;
         }
-        let Some(account) = cat.accounts.get_mut(&acc) else {
+        let Some(account) = cat.accounts.get(&acc).cloned() else {
             d.push(o.diag("", format!("unknown account `{acc}`")));
             continue;
         };
@@ -808,16 +813,48 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
             }
         }
         let n = account.schedules.len();
+        let id = s.id.clone().unwrap_or_else(|| format!("sch.{acc}.{n}"));
+        let mut plan_id = s.price_plan_id.clone();
+        let overridden =
+            s.price_plan_details.as_ref().is_some_and(|v| !v.is_null()) || s.pricing_rules.as_ref().is_some_and(|r| !r.is_empty());
+        if overridden {
+            if let Some(base) = cat.plans.get(&s.price_plan_id).cloned() {
+                let defaults = plan_defaults.get(&base.id).cloned().unwrap_or_default();
+                if let Some(p) = override_plan(&o, &s, &base, defaults, &id, &cat, d) {
+                    plan_id = p.id.clone();
+                    cat.plans.insert(p.id.clone(), p);
+                }
+            }
+        }
+        let Some(account) = cat.accounts.get_mut(&acc) else { continue };
         account.schedules.push(Schedule {
-            id: s.id.unwrap_or_else(|| format!("sch.{acc}.{n}")),
-            plan_id: s.price_plan_id,
+            id,
+            plan_id,
             start: start_d,
             end: end_d,
+            retain_start_offsets: s.retain_start_offsets == Some(true),
         });
         account.schedules.sort_by_key(|s| s.start);
         for w in account.schedules.windows(2) {
             if w[0].end.is_none_or(|e| e > w[1].start) {
                 d.push(o.diag("", format!("schedules of account `{acc}` overlap ({} and {})", w[0].id, w[1].id)));
+            }
+        }
+    }
+    // retainStartOffsets needs a schedule in force until this one starts, on the same interval
+    for account in cat.accounts.values() {
+        for (i, sch) in account.schedules.iter().enumerate().filter(|(_, s)| s.retain_start_offsets) {
+            let prev = i.checked_sub(1).map(|j| &account.schedules[j]).filter(|p| p.end == Some(sch.start));
+            let interval = |id: &str| cat.plans.get(id).map(|p| p.cycle.interval);
+            let problem = match prev {
+                None => Some("retainStartOffsets needs another schedule of the account that ends on this one's start date".to_string()),
+                Some(p) if interval(&p.plan_id) != interval(&sch.plan_id) => {
+                    Some(format!("retainStartOffsets needs the same interval as schedule `{}`", p.id))
+                }
+                _ => None,
+            };
+            if let Some(m) = problem {
+                d.push(Diagnostic::new("catalog", format!("accountSchedules.{}.{}", account.id, sch.id), m));
             }
         }
     }
@@ -1495,4 +1532,59 @@ fn validate_enrichments(o: &Origin, raw: &Value, schema: &mut EventSchema, d: &m
         }
         schema.enrichments.push(Enrichment { name: f.name, attribute, value });
     }
+}
+
+/// An account's override of a plan on one schedule (Togai's `PricePlanDetailsOverride` and
+/// schedule `pricingRules`): a rate-card list, cycle or minimum commitment given in the
+/// override replaces the plan's; what it leaves out is the plan's. Registered as
+/// `<plan>@<schedule>`.
+fn override_plan(
+    o: &Origin,
+    s: &RawSchedule,
+    base: &PricePlan,
+    defaults: (Option<RawPricingCycleConfig>, Vec<String>),
+    schedule_id: &str,
+    cat: &Catalog,
+    d: &mut Diagnostics,
+) -> Option<PricePlan> {
+    let mut details: RawPricePlanDetails = match s.price_plan_details.clone().filter(|v| !v.is_null()) {
+        None => RawPricePlanDetails::default(),
+        Some(v) => match serde_json::from_value(v) {
+            Ok(x) => x,
+            Err(e) => {
+                d.push(o.diag("pricePlanDetails", e.to_string().replace("$decimal", "number")));
+                return None;
+            }
+        },
+    };
+    let cycle_overridden = details.pricing_cycle_config.is_some();
+    if details.pricing_cycle_config.is_none() {
+        details.pricing_cycle_config = defaults.0;
+    }
+    if details.supported_currencies.is_empty() {
+        details.supported_currencies = defaults.1;
+    }
+    let raw = RawPricePlan {
+        id: format!("{}@{schedule_id}", base.id),
+        name: base.name.clone(),
+        price_plan_details: Some(details),
+        ..Default::default()
+    };
+    let over = validate_plan(o, raw, cat, d)?;
+    let usage_cards = if over.usage_cards.is_empty() { base.usage_cards.clone() } else { over.usage_cards };
+    let fixed_fee_cards = if over.fixed_fee_cards.is_empty() { base.fixed_fee_cards.clone() } else { over.fixed_fee_cards };
+    let rules = s.pricing_rules.as_deref().unwrap_or_default();
+    let pricing_rules =
+        if rules.is_empty() { base.pricing_rules.clone() } else { validate_rules(o, rules, &usage_cards, &fixed_fee_cards, d) };
+    Some(PricePlan {
+        id: over.id,
+        name: base.name.clone(),
+        cycle: if cycle_overridden { over.cycle } else { base.cycle },
+        currencies: over.currencies,
+        license_cards: if over.license_cards.is_empty() { base.license_cards.clone() } else { over.license_cards },
+        minimum_commitment: over.minimum_commitment.or(base.minimum_commitment.clone()),
+        usage_cards,
+        fixed_fee_cards,
+        pricing_rules,
+    })
 }

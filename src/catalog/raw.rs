@@ -142,7 +142,7 @@ pub struct RawFeature {
 
 /// A price plan in any of Togai's shapes: v2 (`rateCards`), v1 create (`pricePlanDetails`) or
 /// v1 export (`pricingSchedule`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawPricePlan {
     pub id: String,
@@ -181,7 +181,7 @@ pub struct RawPricePlan {
     pub updated_at: Option<IgnoredAny>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawPricePlanDetails {
     #[serde(default)]
@@ -490,6 +490,9 @@ pub struct RawSchedule {
     pub pricing_rules: Option<Vec<Value>>,
     #[serde(default)]
     pub is_overriden: Option<bool>,
+    /// Keep the previous schedule's cycle offsets (Togai's `AssociationConfig.retainStartOffsets`).
+    #[serde(default)]
+    pub retain_start_offsets: Option<bool>,
 }
 
 /// Togai's `MinimumCommitment` (v1 `pricePlanDetails.minimumCommitment`, v2

@@ -118,3 +118,17 @@ fn explain_shows_the_slab_split_clamps_and_rounding() {
     assert_eq!(line["exactValue"], "686/31");
     assert_eq!(line["billed"], "22.13");
 }
+
+#[test]
+fn retain_start_offsets_without_a_previous_schedule_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("fixtures/28-schedules"), t.path());
+    let cat = t.path().join("catalog/catalog.yaml");
+    let text =
+        std::fs::read_to_string(&cat).unwrap().replace("{id: sch.r1, pricePlanId", "{id: sch.r1, retainStartOffsets: true, pricePlanId");
+    std::fs::write(&cat, text).unwrap();
+    let out = billrun().args(["validate", "--config"]).arg(t.path().join("billrun.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("accountSchedules.ACC-R.sch.r1") && err.contains("retainStartOffsets needs another schedule"), "{err}");
+}
