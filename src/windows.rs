@@ -45,8 +45,8 @@ pub fn plan_windows(catalog: &Catalog, tz: Tz, as_of: NaiveDate) -> Vec<Window> 
         // the cycle of the schedule before, for retainStartOffsets: (anchored cycle, its end)
         let mut previous: Option<(crate::cycles::CycleConfig, Option<NaiveDate>)> = None;
         for sch in &account.schedules {
-            let Some(plan) = catalog.plans.get(&sch.plan_id) else { continue };
-            let mut cycle = plan.cycle.anchored_at(sch.start);
+            let Some(first) = catalog.plan_at(&sch.plan_id, sch.start) else { continue };
+            let mut cycle = first.cycle.anchored_at(sch.start);
             if let Some((p, end)) = previous.filter(|_| sch.retain_start_offsets) {
                 if end == Some(sch.start) && p.interval == cycle.interval {
                     cycle.day = p.day;
@@ -57,7 +57,9 @@ pub fn plan_windows(catalog: &Catalog, tz: Tz, as_of: NaiveDate) -> Vec<Window> 
             let mut d = sch.start;
             let mut k = 0;
             loop {
+                // plans with versions: the version in force at this cycle's start
                 let (cs, ce) = cycle.cycle_containing(d);
+                let Some(plan) = catalog.plan_at(&sch.plan_id, cs.max(sch.start)) else { break };
                 let start = cs.max(sch.start);
                 let end = sch.end.map_or(ce, |e| ce.min(e));
                 if start >= as_of || start >= end {

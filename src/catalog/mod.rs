@@ -314,6 +314,9 @@ pub struct Catalog {
     pub accounts: BTreeMap<String, Account>,
     /// (account, license add-on) → absolute quantity from an instant on, sorted by instant.
     pub licenses: BTreeMap<(String, String), LicenseTimeline>,
+    /// Plans with versions over time (v1 `pricingSchedule`): plan id → (from, until, version plan id),
+    /// sorted; each version is in `plans` as `<plan>@v<version>`.
+    pub plan_versions: BTreeMap<String, Vec<(NaiveDate, Option<NaiveDate>, String)>>,
 }
 
 /// Where an object came from, to point diagnostics at it.
@@ -673,6 +676,10 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
             None => (p.pricing_cycle_config.clone(), p.supported_currencies.clone().unwrap_or_default()),
         };
         plan_defaults.insert(p.id.clone(), defaults);
+        if p.pricing_schedule.is_some() {
+            validate_versions(&o, p, ctx.time_zone, &mut cat, d);
+            continue;
+        }
         if let Some(plan) = validate_plan(&o, p, &cat, d) {
             if cat.plans.insert(plan.id.clone(), plan.clone()).is_some() {
                 d.push(o.diag("id", format!("duplicate price plan id `{}`", plan.id)));
@@ -815,10 +822,19 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
         let n = account.schedules.len();
         let id = s.id.clone().unwrap_or_else(|| format!("sch.{acc}.{n}"));
         let mut plan_id = s.price_plan_id.clone();
+        // a schedule may pin one version of a plan with versions
+        if let (Some(v), true) = (s.version, cat.plan_versions.contains_key(&s.price_plan_id)) {
+            let pinned = format!("{}@v{v}", s.price_plan_id);
+            if cat.plans.contains_key(&pinned) {
+                plan_id = pinned;
+            } else {
+                d.push(o.diag("version", format!("price plan `{}` has no version {v}", s.price_plan_id)));
+            }
+        }
         let overridden =
             s.price_plan_details.as_ref().is_some_and(|v| !v.is_null()) || s.pricing_rules.as_ref().is_some_and(|r| !r.is_empty());
         if overridden {
-            if let Some(base) = cat.plans.get(&s.price_plan_id).cloned() {
+            if let Some(base) = cat.plans.get(&plan_id).cloned() {
                 let defaults = plan_defaults.get(&base.id).cloned().unwrap_or_default();
                 if let Some(p) = override_plan(&o, &s, &base, defaults, &id, &cat, d) {
                     plan_id = p.id.clone();
@@ -952,10 +968,6 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
         } else if k != "BILLING" {
             d.push(o.diag("type", format!("unknown price plan type `{k}`, expected BILLING or PURCHASE")));
         }
-    }
-    if p.pricing_schedule.is_some() {
-        d.push(o.diag("pricingSchedule", "plan versions (pricingSchedule) are not supported yet: give pricePlanDetails or rateCards"));
-        return None;
     }
     let mut usage = Vec::new();
     let mut fixed = Vec::new();
@@ -1587,4 +1599,79 @@ fn override_plan(
         fixed_fee_cards,
         pricing_rules,
     })
+}
+
+/// A v1 plan with versions over time: each version is validated as `<plan>@v<version>`; the plan
+/// id itself resolves to the version in force at each cycle's start (`Catalog::plan_at`).
+fn validate_versions(o: &Origin, mut p: RawPricePlan, tz: chrono_tz::Tz, cat: &mut Catalog, d: &mut Diagnostics) {
+    let entries = p.pricing_schedule.take().unwrap_or_default();
+    let mut versions = Vec::new();
+    for (i, v) in entries.into_iter().enumerate() {
+        let sub = format!("pricingSchedule[{i}]");
+        let e: RawPlanVersion = match serde_json::from_value(v) {
+            Ok(e) => e,
+            Err(e) => {
+                d.push(o.diag(&sub, e.to_string().replace("$decimal", "number")));
+                continue;
+            }
+        };
+        let Some(start) = parse_instant(&e.start_date) else {
+            d.push(o.diag(&format!("{sub}.startDate"), format!("`{}` is not a date-time", e.start_date)));
+            continue;
+        };
+        let end = match e.end_date.as_deref() {
+            None => None,
+            Some(t) => match parse_instant(t) {
+                Some(x) => Some(x),
+                None => {
+                    d.push(o.diag(&format!("{sub}.endDate"), format!("`{t}` is not a date-time")));
+                    continue;
+                }
+            },
+        };
+        let id = format!("{}@v{}", p.id, e.version);
+        let raw = RawPricePlan {
+            id: id.clone(),
+            name: p.name.clone(),
+            kind: p.kind.clone(),
+            price_plan_details: Some(e.price_plan_details),
+            pricing_rules: e.pricing_rules,
+            ..Default::default()
+        };
+        let vo = Origin { file: o.file.clone(), path: format!("{}.{sub}", o.path), pos: o.pos };
+        if let Some(plan) = validate_plan(&vo, raw, cat, d) {
+            let (from, until) = (crate::cycles::local_date(tz, start), end.map(|x| crate::cycles::local_date(tz, x)));
+            versions.push((from, until, id.clone()));
+            cat.plans.insert(id, plan);
+        }
+    }
+    versions.sort();
+    for w in versions.windows(2) {
+        if w[0].1.is_none_or(|e| e > w[1].0) {
+            d.push(o.diag("pricingSchedule", format!("versions {} and {} overlap", w[0].2, w[1].2)));
+        }
+    }
+    // the plan id itself stands for its latest version (for validation of schedules)
+    if let Some((_, _, latest)) = versions.last() {
+        if let Some(plan) = cat.plans.get(latest).cloned() {
+            cat.plans.insert(p.id.clone(), PricePlan { id: p.id.clone(), ..plan });
+        }
+        cat.plan_versions.insert(p.id.clone(), versions);
+    } else {
+        d.push(o.diag("pricingSchedule", "no valid version"));
+    }
+}
+
+impl Catalog {
+    /// The plan a schedule bound to `plan_id` uses on `date`: the version in force then, for
+    /// plans with versions; else the plan itself.
+    pub fn plan_at(&self, plan_id: &str, date: NaiveDate) -> Option<&PricePlan> {
+        match self.plan_versions.get(plan_id) {
+            Some(vs) => {
+                let v = vs.iter().rev().find(|(from, until, _)| *from <= date && until.is_none_or(|u| date < u)).or(vs.first())?;
+                self.plans.get(&v.2)
+            }
+            None => self.plans.get(plan_id),
+        }
+    }
 }

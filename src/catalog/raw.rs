@@ -620,3 +620,20 @@ pub struct RawLicenseUpdate {
     #[serde(default)]
     pub created_at: Option<IgnoredAny>,
 }
+
+/// One version of a v1 price plan (`PricePlan.pricingSchedule[]`): its details over a period.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPlanVersion {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub start_date: String,
+    #[serde(default)]
+    pub end_date: Option<String>,
+    pub version: u32,
+    pub price_plan_details: RawPricePlanDetails,
+    #[serde(default)]
+    pub pricing_rules: Option<Vec<Value>>,
+    #[serde(default)]
+    pub is_overriden: Option<bool>,
+}
