@@ -85,6 +85,7 @@ pub fn explain(opts: &RunOptions, account: &str, date: NaiveDate) -> Result<Valu
                 "usage": inv.usage_info.iter().map(|u| json!({"meter": u.id, "description": u.description, "quantity": u.value})).collect::<Vec<_>>(),
                 "lines": lines_json(&inv.revenue_info),
                 "total": inv.total_amount,
+                "settlement": b.handoff,
             })
         })
         .collect();
@@ -175,6 +176,44 @@ pub fn to_text(e: &Value) -> String {
             t.push_str(&format!("    exact {} → billed {}\n", s(&l["exactValue"]), s(&l["billed"])));
         }
         t.push_str(&format!("  total {} (sum of the billed lines)\n", s(&inv["total"])));
+        let h = &inv["settlement"];
+        for g in h["creditGrants"].as_array().into_iter().flatten() {
+            t.push_str(&format!(
+                "  hands to settlement: {} credits {} {} ({}, priority {}) from {} until {}\n",
+                s(&g["status"]),
+                s(&g["amount"]),
+                s(&g["currency"]),
+                s(&g["expiryType"]),
+                s(&g["priority"]),
+                s(&g["effectiveFrom"]),
+                g["effectiveUntil"].as_str().unwrap_or("no expiry")
+            ));
+        }
+        for f in h["featureCredits"].as_array().into_iter().flatten() {
+            t.push_str(&format!(
+                "  feature {} {} [{} – {}): granted {}, used {}, balance {}{}{}\n",
+                s(&f["featureId"]),
+                s(&f["source"]),
+                s(&f["effectiveFrom"]),
+                s(&f["effectiveUntil"]),
+                s(&f["granted"]),
+                s(&f["used"]),
+                s(&f["balance"]),
+                f["consumed"].as_str().map(|c| format!(", consumed in the window {c}")).unwrap_or_default(),
+                f["unbilled"].as_str().map(|c| format!(", unbilled beyond maxQuantity {c}")).unwrap_or_default()
+            ));
+        }
+        for r in h["refunds"].as_array().into_iter().flatten() {
+            t.push_str(&format!(
+                "  refund {} {} {} on {} ({}, prorated {})\n",
+                s(&r["mode"]),
+                s(&r["amount"]),
+                s(&r["currency"]),
+                s(&r["date"]),
+                s(&r["description"]),
+                s(&r["prorationFactor"])
+            ));
+        }
     }
     t
 }

@@ -81,8 +81,56 @@ pub const REASON: &str = "__reason";
 pub const ACCOUNT: &str = "__account";
 pub const WINDOW: &str = "__window";
 
-/// The usage table: (window, meter) → exact quantity.
+/// The usage table: (window, meter) → exact quantity. Features' consumption is in it too, as
+/// `feature_meter_id(feature, schema)` (all of the window) and that id + [`VALID_SUFFIX`] (the part
+/// inside the window's feature-credit validity).
 pub type Usage = BTreeMap<(u32, String), Decimal>;
+
+/// Suffix of the usage entry holding a feature's consumption inside its credit validity.
+pub const VALID_SUFFIX: &str = "@valid";
+
+/// The usage-table id of a feature's consumption by the events of one schema.
+pub fn feature_meter_id(feature: &str, schema: &str) -> String {
+    format!("feature:{feature}#{schema}")
+}
+
+/// Enrichment dependencies by name: (schema, setting key, numeric?) for every schema declaring it.
+fn dependency_plan(catalog: &Catalog) -> BTreeMap<String, Vec<(String, String, bool)>> {
+    let mut out: BTreeMap<String, Vec<(String, String, bool)>> = BTreeMap::new();
+    for s in catalog.event_schemas.values() {
+        for (name, (key, numeric)) in &s.dependencies {
+            out.entry(name.clone()).or_default().push((s.name.clone(), key.clone(), *numeric));
+        }
+    }
+    out
+}
+
+/// One SUM meter per (feature, consuming schema), with the feature id, in catalog order.
+fn feature_meters(catalog: &Catalog) -> Vec<(crate::catalog::Meter, String)> {
+    use crate::catalog::{Computation, Meter};
+    use crate::jsonlogic::{Ast, VarRef};
+    let mut out = Vec::new();
+    for f in catalog.features.values() {
+        for (schema, attribute) in &f.consumers {
+            let id = feature_meter_id(&f.id, schema);
+            let m = Meter {
+                id: id.clone(),
+                name: id.clone(),
+                display_name: f.display_name.clone(),
+                aggregation: Aggregation::Sum,
+                schema: schema.clone(),
+                filters: Vec::new(),
+                computations: vec![Computation {
+                    order: 0,
+                    matcher: None,
+                    computation: Ast::Var { var: VarRef::Attribute(attribute.clone()), default: None },
+                }],
+            };
+            out.push((m, f.id.clone()));
+        }
+    }
+    out
+}
 
 pub struct IngestOutput {
     pub usage: Usage,
@@ -200,9 +248,63 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
     let lf = lf.with_column(keep(col(REASON), Reason::PastGracePeriod, late).alias(REASON));
     let df = lf.collect()?;
 
-    // enrichments: derived fields per event schema, in order, before the meters read them
+    // enrichment dependencies: each account's setting value, as a frame field
     let mut columns = columns;
     let mut lf = df.lazy();
+    for (n, (name, per_schema)) in dependency_plan(catalog).into_iter().enumerate() {
+        let field = crate::jsonlogic::dependency_field(&name);
+        let numeric = per_schema[0].2;
+        let scale = catalog.settings.iter().filter_map(|s| match &s.value {
+            crate::catalog::SettingValue::Numeric(v) if numeric => Some(v.scale()),
+            _ => None,
+        });
+        let scale = scale.max().unwrap_or(0);
+        let dtype = if numeric { numeric::dtype(scale) } else { DataType::String };
+        let mut value = lit(Null {}).cast(dtype);
+        for (k, (schema, key, _)) in per_schema.iter().enumerate() {
+            let (ids, vals): (Vec<String>, Vec<Option<crate::catalog::SettingValue>>) = catalog
+                .accounts
+                .values()
+                .map(|a| (a.id.clone(), catalog.setting_for(a, key).map(|s| s.value.clone())))
+                .unzip();
+            let c = format!("__dep_{n}_{k}");
+            let values: Column = if numeric {
+                let m: Int128Chunked = vals
+                    .iter()
+                    .map(|v| match v {
+                        Some(crate::catalog::SettingValue::Numeric(d)) => {
+                            let (m, s) = numeric::const_parts(*d);
+                            numeric::upscale(m, s, scale)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                m.with_name(c.as_str().into()).into_decimal_unchecked(38, scale as usize).into_series().into_column()
+            } else {
+                let t: Vec<Option<String>> = vals
+                    .into_iter()
+                    .map(|v| match v {
+                        Some(crate::catalog::SettingValue::Text(t)) => Some(t),
+                        _ => None,
+                    })
+                    .collect();
+                Column::new(c.as_str().into(), t)
+            };
+            let key = format!("__dep_account_{n}_{k}");
+            let table = DataFrame::new(ids.len(), vec![Column::new(key.as_str().into(), ids), values])?;
+            lf = lf.left_join(table.lazy(), col(ACCOUNT), col(&key));
+            value = when(col(SCHEMA_NAME).eq(lit(schema.clone())).fill_null(lit(false))).then(col(&c)).otherwise(value);
+        }
+        if numeric {
+            lf = lf.with_column(value.alias(format!("{ATTR_PREFIX}{field}")));
+            columns.attributes.insert(field, scale);
+        } else {
+            lf = lf.with_column(value.alias(format!("{DIM_PREFIX}{field}")));
+            columns.dimensions.insert(field);
+        }
+    }
+
+    // enrichments: derived fields per event schema, in order, before the meters read them
     for schema in catalog.event_schemas.values() {
         for e in &schema.enrichments {
             let (expr, scale) = enrichment_column(&e.value, e.attribute, &schema.name, &e.name, &columns)
@@ -220,13 +322,34 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
     }
     let df = lf.collect()?;
 
-    // 9-10: meters
+    // 9-10: meters, then the features' consumption as SUM meters (`feature_meter_id`)
+    let feature_meters = feature_meters(catalog);
     let compiled: Vec<CompiledMeter> = catalog
         .meters
         .values()
+        .chain(feature_meters.iter().map(|f| &f.0))
         .map(|m| compile_meter(m, &columns).map_err(|message| IngestError::Meter { meter: m.id.clone(), message }))
         .collect::<Result<_, _>>()?;
     let mut lf = df.lazy();
+    // each feature's credit validity in the event's window: `__fv_from_<k>` / `__fv_until_<k>`
+    let features: Vec<&String> = {
+        let mut f: Vec<&String> = feature_meters.iter().map(|m| &m.1).collect();
+        f.dedup();
+        f
+    };
+    for (k, fid) in features.iter().enumerate() {
+        let grants: Vec<(u32, i64, i64)> = windows
+            .iter()
+            .flat_map(|w| w.feature_grants.iter().filter(|g| &&g.feature_id == fid).map(|g| (w.id, g.from_us, g.until_us)))
+            .collect();
+        let (wcol, from, until) = (format!("__fv_w_{k}"), format!("__fv_from_{k}"), format!("__fv_until_{k}"));
+        let fv = df!(
+            wcol.as_str() => grants.iter().map(|g| g.0).collect::<Vec<_>>(),
+            from.as_str() => grants.iter().map(|g| g.1).collect::<Vec<_>>(),
+            until.as_str() => grants.iter().map(|g| g.2).collect::<Vec<_>>(),
+        )?;
+        lf = lf.left_join(fv.lazy(), col(WINDOW), col(&wcol));
+    }
     let mut any_hit = lit(false);
     let mut invalid = col(BAD_ATTR).fill_null(lit(false));
     for (i, m) in compiled.iter().enumerate() {
@@ -244,6 +367,14 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
     let df = lf.collect()?;
 
     let mut aggs = Vec::new();
+    let n_meters = catalog.meters.len();
+    for i in n_meters..compiled.len() {
+        let k = features.iter().position(|f| **f == feature_meters[i - n_meters].1).expect("listed");
+        let valid = col(format!("__hit_{i}"))
+            .and(col(TIMESTAMP).gt_eq(col(format!("__fv_from_{k}"))).fill_null(lit(false)))
+            .and(col(TIMESTAMP).lt(col(format!("__fv_until_{k}"))).fill_null(lit(false)));
+        aggs.push(when(valid).then(col(format!("__units_{i}"))).otherwise(lit(Null {})).sum().alias(format!("__qv_{i}")));
+    }
     for (i, m) in compiled.iter().enumerate() {
         let hit = col(format!("__hit_{i}"));
         let q = format!("__q_{i}");
@@ -307,6 +438,11 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
                 };
                 if let Some(v) = value {
                     usage.insert((w, m.meter_id.clone()), v);
+                }
+                if i >= n_meters {
+                    if let Some(v) = agg.column(&format!("__qv_{i}"))?.decimal()?.physical().get(row) {
+                        usage.insert((w, format!("{}{VALID_SUFFIX}", m.meter_id)), numeric::to_decimal(v, m.scale).ok_or_else(overflow)?);
+                    }
                 }
             }
         }

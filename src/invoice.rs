@@ -13,7 +13,11 @@ use chrono::{Days, NaiveDate};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::catalog::{CardRates, Catalog, Customer, FeeKind, FixedFeeCard, LicenseCard, PricePlan, PricingModel, Timing};
+use crate::catalog::{
+    CardRates, Catalog, CreditGrantCard, Customer, EntitlementCard, Expiry, FeeKind, FixedFeeCard, LicenseCard, PricePlan, PricingModel,
+    Timing,
+};
+use crate::handoff::{CreditGrant, Handoff, Refund};
 use crate::config::Organization;
 use crate::ingest::Usage;
 use crate::money::{format_amount, format_exact, round_line, round_ratio, Currency};
@@ -134,6 +138,8 @@ pub struct BuiltInvoice {
     /// (rate-card line description, rounded amount) in invoice order.
     pub lines: Vec<(String, Decimal)>,
     pub due: bool,
+    /// Credits, feature credits and refunds this invoice hands to settlement.
+    pub handoff: Handoff,
 }
 
 fn slab_description(c: &crate::rate::SlabCharge) -> String {
@@ -331,6 +337,17 @@ enum Kind {
     AdHoc(NaiveDate),
 }
 
+impl Kind {
+    /// (account, window start) is unique: schedules of an account never overlap.
+    fn invoice_id(self, w: &Window) -> String {
+        match self {
+            Kind::Standard => format!("inv.{}.{}", w.account_id, w.start),
+            Kind::Advanced => format!("inv.{}.{}.advance", w.account_id, w.start),
+            Kind::AdHoc(d) => format!("inv.{}.{}.adhoc.{d}", w.account_id, w.start),
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn assemble(
     p: &Parts,
@@ -353,12 +370,7 @@ fn assemble(
     let net = account.net_term_days.unwrap_or(org.net_term_days);
     let invoice = Invoice {
         schema_version: SCHEMA_VERSION,
-        // (account, window start) is unique: schedules of an account never overlap
-        id: match kind {
-            Kind::Standard => format!("inv.{}.{}", w.account_id, w.start),
-            Kind::Advanced => format!("inv.{}.{}.advance", w.account_id, w.start),
-            Kind::AdHoc(d) => format!("inv.{}.{}.adhoc.{d}", w.account_id, w.start),
-        },
+        id: kind.invoice_id(w),
         sequence_id: None,
         status: if due { "DUE" } else { "DRAFT" },
         invoice_class: "INVOICE",
@@ -405,261 +417,420 @@ fn assemble(
         },
         pricing_rules_log: Vec::new(),
     };
-    BuiltInvoice { invoice, currency: cur.clone(), total, lines, due }
+    BuiltInvoice { invoice, currency: cur.clone(), total, lines, due, handoff: Handoff::default() }
 }
 
-/// Build the invoices of every window: the arrears (STANDARD) invoice, and a STANDARD_ADVANCED
-/// invoice when in-advance fees are charged in the window. Sequence numbers go to DUE invoices
-/// in order of (invoice date, account, start date, id), starting at 1.
-pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window], usage: &Usage, as_of: NaiveDate) -> Vec<BuiltInvoice> {
-    let mut out = Vec::new();
-    for w in windows {
-        let (Some(account), Some(plan)) = (catalog.accounts.get(&w.account_id), catalog.plans.get(&w.plan_id)) else { continue };
-        let customer = catalog.customers.get(&account.customer_id).cloned().unwrap_or_default();
-        let parts = Parts { w, account, plan, customer: &customer };
-        let cur = &account.currency;
-        let timelines: BTreeMap<&str, Vec<(i64, Decimal)>> = plan
-            .license_cards
-            .iter()
-            .map(|lc| {
-                let tl = catalog
-                    .licenses
-                    .get(&(account.id.clone(), lc.addon_id.clone()))
-                    .map(|v| v.iter().map(|(t, q)| (t.timestamp_micros(), *q)).collect())
-                    .unwrap_or_default();
-                (lc.addon_id.as_str(), tl)
-            })
-            .collect();
-        let license_timeline = |id: &str| -> &[(i64, Decimal)] { timelines.get(id).map(|v| v.as_slice()).unwrap_or(&[]) };
-
-        // arrears: usage cards, arrears fixed fees, minimum commitment true-up
-        let has_arrears = !plan.usage_cards.is_empty()
-            || plan.minimum_commitment.is_some()
-            || plan.fixed_fee_cards.iter().any(|f| f.timing == Timing::InArrears)
-            || plan.license_cards.iter().any(|l| l.timing == Timing::InArrears);
-        if has_arrears {
-            let mut cards: Vec<CardState> = Vec::new();
-            let mut usage_info = Vec::new();
-            for card in &plan.usage_cards {
-                let Some(rates) = card.rates.get(&cur.code) else { continue };
-                let q = usage.get(&(w.id, card.meter_id.clone())).copied().unwrap_or(Decimal::ZERO);
-                let ch = rate_usage(card, rates, q);
-                let key = format!("urc.{}", card.meter_id);
-                let (line, amount) = card_line(key.clone(), &card.display_name, &card.meter_id, card.model, &ch, cur, org);
-                cards.push((key, line, amount, Some((card, rates, q))));
-                let meter_name = catalog.meters.get(&card.meter_id).map(|m| m.display_name.clone()).unwrap_or_default();
-                if !usage_info.iter().any(|u: &LineItem| u.id.as_deref() == Some(&card.meter_id)) {
-                    let mut u = LineItem::new("USAGE_METER_USAGE", meter_name, format_exact(q));
-                    u.id = Some(card.meter_id.clone());
-                    u.quantity = Some(format_exact(q));
-                    usage_info.push(u);
-                }
+/// Apply the plan's pricing rules of one timing, in order, each seeing the effect of the previous
+/// ones, to the cards of one invoice. Returns the ADD lines and the rule log.
+fn apply_rules(
+    rules: &[&crate::rules::PricingRule],
+    cards: &mut [CardState],
+    cur: &Currency,
+    org: &Organization,
+) -> (Vec<(LineItem, Decimal)>, Vec<RuleLog>) {
+    let mut additions: Vec<(LineItem, Decimal)> = Vec::new();
+    let mut rule_log = Vec::new();
+    for rule in rules {
+        let vars = |n: &str| -> Option<Decimal> {
+            let (kind, key) = n.split_once('.')?;
+            let c = cards.iter().find(|c| c.0 == key)?;
+            match kind {
+                "revenue" => Some(c.2),
+                "usage" => c.3.map(|x| x.2),
+                _ => None,
             }
-            for ff in plan.fixed_fee_cards.iter().filter(|f| f.timing == Timing::InArrears) {
-                if let Some((line, amount)) = fixed_fee_line(ff, w, cur, org) {
-                    cards.push((format!("ff.{}", ff.addon_id), line, amount, None));
-                }
-            }
-            for lc in plan.license_cards.iter().filter(|l| l.timing == Timing::InArrears) {
-                let Some(rates) = lc.rates.get(&cur.code) else { continue };
-                let days = crate::licenses::daily(license_timeline(&lc.addon_id), org.time_zone, w.start, w.end, lc.max_quantity);
-                if let Some((line, amount)) = license_arrears(lc, rates, &days, w, cur, org) {
-                    cards.push((format!("lrc.{}", lc.addon_id), line, amount, None));
-                }
-            }
-            // pricing rules, in order, each seeing the effect of the previous ones
-            let mut additions: Vec<(LineItem, Decimal)> = Vec::new();
-            let mut rule_log = Vec::new();
-            for rule in &plan.pricing_rules {
-                let vars = |n: &str| -> Option<Decimal> {
-                    let (kind, key) = n.split_once('.')?;
-                    let c = cards.iter().find(|c| c.0 == key)?;
-                    match kind {
-                        "revenue" => Some(c.2),
-                        "usage" => c.3.map(|x| x.2),
-                        _ => None,
-                    }
-                };
-                let mut entry = RuleLog {
-                    rule_id: rule.id.clone(),
-                    name: rule.name.clone(),
-                    order: rule.order,
-                    kind: "CONDITION_TRUE",
-                    target: None,
-                    before: None,
-                    after: None,
-                    error: None,
-                };
-                if let Some(cond) = &rule.condition {
-                    match crate::rules::eval(cond, &vars) {
-                        Ok(v) if v.truthy() => {}
-                        Ok(_) => {
-                            entry.kind = "CONDITION_FALSE";
-                            rule_log.push(entry);
-                            continue;
-                        }
-                        Err(e) => {
-                            entry.kind = "CONDITION_ERROR";
-                            entry.error = Some(e);
-                            rule_log.push(entry);
-                            continue;
-                        }
-                    }
-                }
-                let value = match crate::rules::eval(&rule.computation, &vars) {
-                    Ok(crate::rules::SVal::Num(v)) => v,
-                    Ok(other) => {
-                        entry.kind = "COMPUTATION_ERROR";
-                        entry.error = Some(format!("the computation gave {other:?}, not a number"));
-                        rule_log.push(entry);
-                        continue;
-                    }
-                    Err(e) => {
-                        entry.kind = "COMPUTATION_ERROR";
-                        entry.error = Some(e);
-                        rule_log.push(entry);
-                        continue;
-                    }
-                };
-                match &rule.action {
-                    crate::rules::Action::Add { description } => {
-                        let amount = round_line(value, cur, org.rounding);
-                        let mut l = LineItem::new("PRICING_RULE_ADDITION_AMOUNT", description, format_amount(amount, cur));
-                        l.id = Some(rule.id.clone());
-                        l.metadata.insert("exactValue".into(), format_exact(value));
-                        entry.after = Some(format_amount(amount, cur));
-                        additions.push((l, amount));
-                    }
-                    crate::rules::Action::UpdateRevenue(key) => {
-                        if let Some(c) = cards.iter_mut().find(|c| &c.0 == key) {
-                            let amount = round_line(value, cur, org.rounding);
-                            let mut adj = LineItem::new(
-                                "PRICING_RULE_REVENUE_UPDATE_AMOUNT",
-                                format!("Pricing rule `{}`", rule.name),
-                                format_amount(amount - c.2, cur),
-                            );
-                            adj.metadata.insert("ruleId".into(), rule.id.clone());
-                            entry.target = Some(format!("revenue.{key}"));
-                            entry.before = Some(format_amount(c.2, cur));
-                            entry.after = Some(format_amount(amount, cur));
-                            c.1.value = format_amount(amount, cur);
-                            c.1.line_items.push(adj);
-                            c.2 = amount;
-                        }
-                    }
-                    crate::rules::Action::UpdateUsage(key) => {
-                        if let Some(c) = cards.iter_mut().find(|c| &c.0 == key) {
-                            if let Some((card, rates, q)) = c.3 {
-                                let ch = rate_usage(card, rates, value);
-                                let (mut line, amount) =
-                                    card_line(key.clone(), &card.display_name, &card.meter_id, card.model, &ch, cur, org);
-                                let mut adj = LineItem::new(
-                                    "PRICING_RULE_USAGE_UPDATE_AMOUNT",
-                                    format!("Pricing rule `{}`: usage {} → {}", rule.name, format_exact(q), format_exact(value)),
-                                    format_amount(amount - c.2, cur),
-                                );
-                                adj.metadata.insert("ruleId".into(), rule.id.clone());
-                                line.metadata.insert("meteredQuantity".into(), format_exact(q));
-                                line.line_items.push(adj);
-                                entry.target = Some(format!("usage.{key}"));
-                                entry.before = Some(format_exact(q));
-                                entry.after = Some(format_exact(value));
-                                *c = (key.clone(), line, amount, Some((card, rates, value)));
-                            }
-                        }
-                    }
-                }
-                rule_log.push(entry);
-            }
-            let subtotal: Decimal = cards.iter().map(|c| c.2).sum();
-            let mut lines: Vec<(String, Decimal)> = cards.iter().map(|c| (c.1.description.clone(), c.2)).collect();
-            let cards: Vec<LineItem> = cards.into_iter().map(|c| c.1).collect();
-            let sub_v = format_amount(subtotal, cur);
-            let mut plan_children = vec![wrap("SUB_TOTAL_AMOUNT", "Subtotal", &sub_v, cards)];
-            let mut total = subtotal;
-            if let Some(mc) = &plan.minimum_commitment {
-                if let Some(rate) = mc.rates.get(&cur.code) {
-                    let commitment = round_line(*rate, cur, org.rounding);
-                    let true_up = (commitment - subtotal).max(Decimal::ZERO);
-                    if true_up > Decimal::ZERO {
-                        let mut l = LineItem::new("TRUE_UP_AMOUNT", &mc.display_name, format_amount(true_up, cur));
-                        l.metadata.insert("minimumCommitment".into(), format_amount(commitment, cur));
-                        plan_children.push(l);
-                        lines.push((mc.display_name.clone(), true_up));
-                        total += true_up;
-                    }
-                }
-            }
-            let price_plan_v = format_amount(total, cur);
-            let mut gross_children = vec![wrap("PRICE_PLAN_AMOUNT", &plan.name, &price_plan_v, plan_children)];
-            if !additions.is_empty() {
-                let add_total: Decimal = additions.iter().map(|a| a.1).sum();
-                for (l, a) in &additions {
-                    lines.push((l.description.clone(), *a));
-                }
-                gross_children.push(wrap(
-                    "TOTAL_PRICING_RULE_ADDITION_AMOUNT",
-                    "Pricing rule additions",
-                    &format_amount(add_total, cur),
-                    additions.into_iter().map(|a| a.0).collect(),
-                ));
-                total += add_total;
-            }
-            let v = format_amount(total, cur);
-            let tree = totals_tree(&v, gross_children);
-            let mut built = assemble(&parts, org, as_of, Kind::Standard, tree, usage_info, lines, total);
-            built.invoice.pricing_rules_log = rule_log;
-            out.push(built);
-        }
-
-        // in advance: a separate invoice at the start of the cycle
-        let mut adv = Vec::new();
-        let mut lines = Vec::new();
-        let mut total = Decimal::ZERO;
-        for ff in plan.fixed_fee_cards.iter().filter(|f| f.timing == Timing::InAdvance) {
-            if let Some((line, amount)) = fixed_fee_line(ff, w, cur, org) {
-                total += amount;
-                lines.push((ff.display_name.clone(), amount));
-                adv.push(line);
-            }
-        }
-        let (win_days, cycle_days) = w.days();
-        let mut adhoc: BTreeMap<NaiveDate, Vec<(LineItem, Decimal)>> = BTreeMap::new();
-        for lc in plan.license_cards.iter().filter(|l| l.timing == Timing::InAdvance) {
-            let Some(rates) = lc.rates.get(&cur.code) else { continue };
-            let tl = license_timeline(&lc.addon_id);
-            let q0 = crate::licenses::at_start(tl, org.time_zone, w.start, lc.max_quantity);
-            let ch = rate_plan(lc.model, &lc.slabs, rates, q0);
-            let prorate = lc.proration && w.is_partial();
-            let amount = if prorate {
-                round_ratio(ch.exact * Decimal::from(win_days), Decimal::from(cycle_days), cur, org.rounding).unwrap_or(Decimal::ZERO)
-            } else {
-                round_line(ch.exact, cur, org.rounding)
-            };
-            let mut line = license_line("ADVANCED_LICENSE_RATE_CARD_AMOUNT", lc, &ch, amount, cur);
-            if prorate {
-                line.metadata.insert("prorationFactor".into(), format!("{win_days}/{cycle_days}"));
-                line.metadata.insert("exactValue".into(), format!("{}/{cycle_days}", format_exact(ch.exact * Decimal::from(win_days))));
-            }
-            total += amount;
-            lines.push((lc.display_name.clone(), amount));
-            adv.push(line);
-            // increases during the cycle (known by the as-of date): the price difference, prorated
-            // to the rest of the cycle when proration is on; decreases are not refunded
-            let mut billed = q0;
-            let mut billed_price = ch.exact;
-            for (day, q) in crate::licenses::daily(tl, org.time_zone, w.start, w.end.min(as_of), lc.max_quantity) {
-                if q <= billed {
+        };
+        let mut entry = RuleLog {
+            rule_id: rule.id.clone(),
+            name: rule.name.clone(),
+            order: rule.order,
+            kind: "CONDITION_TRUE",
+            target: None,
+            before: None,
+            after: None,
+            error: None,
+        };
+        if let Some(cond) = &rule.condition {
+            match crate::rules::eval(cond, &vars) {
+                Ok(v) if v.truthy() => {}
+                Ok(_) => {
+                    entry.kind = "CONDITION_FALSE";
+                    rule_log.push(entry);
                     continue;
                 }
-                let new = rate_plan(lc.model, &lc.slabs, rates, q);
-                let diff = new.exact - billed_price;
-                let remaining = (w.end - day).num_days();
-                let amount = if lc.proration {
-                    round_ratio(diff * Decimal::from(remaining), Decimal::from(cycle_days), cur, org.rounding).unwrap_or(Decimal::ZERO)
-                } else {
-                    round_line(diff, cur, org.rounding)
-                };
+                Err(e) => {
+                    entry.kind = "CONDITION_ERROR";
+                    entry.error = Some(e);
+                    rule_log.push(entry);
+                    continue;
+                }
+            }
+        }
+        let value = match crate::rules::eval(&rule.computation, &vars) {
+            Ok(crate::rules::SVal::Num(v)) => v,
+            Ok(other) => {
+                entry.kind = "COMPUTATION_ERROR";
+                entry.error = Some(format!("the computation gave {other:?}, not a number"));
+                rule_log.push(entry);
+                continue;
+            }
+            Err(e) => {
+                entry.kind = "COMPUTATION_ERROR";
+                entry.error = Some(e);
+                rule_log.push(entry);
+                continue;
+            }
+        };
+        match &rule.action {
+            crate::rules::Action::Add { description } => {
+                let amount = round_line(value, cur, org.rounding);
+                let mut l = LineItem::new("PRICING_RULE_ADDITION_AMOUNT", description, format_amount(amount, cur));
+                l.id = Some(rule.id.clone());
+                l.metadata.insert("exactValue".into(), format_exact(value));
+                entry.after = Some(format_amount(amount, cur));
+                additions.push((l, amount));
+            }
+            crate::rules::Action::UpdateRevenue(key) => {
+                if let Some(c) = cards.iter_mut().find(|c| &c.0 == key) {
+                    let amount = round_line(value, cur, org.rounding);
+                    let mut adj = LineItem::new(
+                        "PRICING_RULE_REVENUE_UPDATE_AMOUNT",
+                        format!("Pricing rule `{}`", rule.name),
+                        format_amount(amount - c.2, cur),
+                    );
+                    adj.metadata.insert("ruleId".into(), rule.id.clone());
+                    entry.target = Some(format!("revenue.{key}"));
+                    entry.before = Some(format_amount(c.2, cur));
+                    entry.after = Some(format_amount(amount, cur));
+                    c.1.value = format_amount(amount, cur);
+                    c.1.line_items.push(adj);
+                    c.2 = amount;
+                }
+            }
+            crate::rules::Action::UpdateUsage(key) => {
+                if let Some(c) = cards.iter_mut().find(|c| &c.0 == key) {
+                    if let Some((card, rates, q)) = c.3 {
+                        let ch = rate_usage(card, rates, value);
+                        let (mut line, amount) = card_line(key.clone(), &card.display_name, &card.meter_id, card.model, &ch, cur, org);
+                        let mut adj = LineItem::new(
+                            "PRICING_RULE_USAGE_UPDATE_AMOUNT",
+                            format!("Pricing rule `{}`: usage {} → {}", rule.name, format_exact(q), format_exact(value)),
+                            format_amount(amount - c.2, cur),
+                        );
+                        adj.metadata.insert("ruleId".into(), rule.id.clone());
+                        line.metadata.insert("meteredQuantity".into(), format_exact(q));
+                        line.line_items.push(adj);
+                        entry.target = Some(format!("usage.{key}"));
+                        entry.before = Some(format_exact(q));
+                        entry.after = Some(format_exact(value));
+                        *c = (key.clone(), line, amount, Some((card, rates, value)));
+                    }
+                }
+            }
+        }
+        rule_log.push(entry);
+    }
+    (additions, rule_log)
+}
+
+/// The gross amount's children after the plan amount: the pricing-rule additions, if any.
+fn with_additions(
+    mut gross_children: Vec<LineItem>,
+    additions: Vec<(LineItem, Decimal)>,
+    lines: &mut Vec<(String, Decimal)>,
+    total: &mut Decimal,
+    cur: &Currency,
+) -> Vec<LineItem> {
+    if additions.is_empty() {
+        return gross_children;
+    }
+    let add_total: Decimal = additions.iter().map(|a| a.1).sum();
+    for (l, a) in &additions {
+        lines.push((l.description.clone(), *a));
+    }
+    gross_children.push(wrap(
+        "TOTAL_PRICING_RULE_ADDITION_AMOUNT",
+        "Pricing rule additions",
+        &format_amount(add_total, cur),
+        additions.into_iter().map(|a| a.0).collect(),
+    ));
+    *total += add_total;
+    gross_children
+}
+
+/// A credit grant's line (its price for `creditAmount` credits) and the credits it hands to
+/// settlement, if the card is charged in this window's cycle.
+fn credit_grant(
+    g: &CreditGrantCard,
+    w: &Window,
+    kind: Kind,
+    cur: &Currency,
+    org: &Organization,
+) -> Option<(CardState<'static>, CreditGrant)> {
+    if !g.kind.charged_in(w.cycle_index) {
+        return None;
+    }
+    let price = g.prices.get(&cur.code)?;
+    let ch = rate_plan(g.model, &price.slabs, &price.rates, price.credits);
+    let amount = round_line(ch.exact, cur, org.rounding);
+    let line_kind = if g.timing == Timing::InAdvance { "ADVANCED_CREDIT_GRANT_RATE_CARD_AMOUNT" } else { "CREDIT_GRANT_RATE_CARD_AMOUNT" };
+    let key = crate::catalog::grants::grant_key(g);
+    let mut line = LineItem::new(line_kind, &g.display_name, format_amount(amount, cur));
+    line.id = Some(key.clone());
+    line.quantity = Some(format_exact(price.credits));
+    line.metadata.insert("addOnId".into(), g.addon_id.clone());
+    line.metadata.insert("creditAmount".into(), format_exact(price.credits));
+    line.metadata.insert("exactValue".into(), format_exact(ch.exact));
+    for sl in &ch.slabs {
+        let mut c = LineItem::new("CREDIT_GRANT_RATE_CARD_SLAB_AMOUNT", slab_description(sl), format_exact(sl.revenue));
+        c.quantity = Some(format_exact(sl.quantity));
+        c.value_per_quantity = Some(format_exact(sl.rate));
+        line.line_items.push(c);
+    }
+    let effective_until = match g.expiry {
+        Expiry::PricingCycle => Some(w.end),
+        Expiry::NoExpiry => None,
+        Expiry::Custom(d) => Some(d.add_to(w.start)),
+    };
+    let grant = CreditGrant {
+        id: format!("{}#{}${}", w.schedule_id, w.start, g.addon_id),
+        account_id: w.account_id.clone(),
+        invoice_id: kind.invoice_id(w),
+        source: "CREDIT_GRANT_RATE_CARD",
+        add_on_id: g.addon_id.clone(),
+        description: g.display_name.clone(),
+        currency: cur.code.clone(),
+        amount: format_exact(price.credits),
+        priority: g.priority,
+        expiry_type: g.expiry.as_str(),
+        effective_from: w.start,
+        effective_until,
+        applicable_entity_ids: g.applicable_entity_ids.clone(),
+        status: if g.prepaid { "ON_PAYMENT" } else { "GRANTED" },
+    };
+    Some(((key, line, amount, None), grant))
+}
+
+/// A billing entitlement's line: the price of `featureCreditLimit` feature credits.
+fn entitlement_line(e: &EntitlementCard, cur: &Currency, org: &Organization) -> Option<CardState<'static>> {
+    let rates = e.rates.get(&cur.code)?;
+    let ch = rate_plan(e.model, &e.slabs, rates, e.limit);
+    let amount = round_line(ch.exact, cur, org.rounding);
+    let line_kind = if e.timing == Timing::InAdvance {
+        "ADVANCED_BILLING_ENTITLEMENT_RATE_CARD_AMOUNT"
+    } else {
+        "BILLING_ENTITLEMENT_RATE_CARD_AMOUNT"
+    };
+    let key = crate::catalog::grants::entitlement_key(e);
+    let mut line = LineItem::new(line_kind, &e.display_name, format_amount(amount, cur));
+    line.id = Some(key.clone());
+    line.quantity = Some(format_exact(e.limit));
+    line.metadata.insert("featureId".into(), e.feature_id.clone());
+    line.metadata.insert("exactValue".into(), format_exact(ch.exact));
+    for sl in &ch.slabs {
+        let mut c = LineItem::new("BILLING_ENTITLEMENT_RATE_CARD_SLAB_AMOUNT", slab_description(sl), format_exact(sl.revenue));
+        c.quantity = Some(format_exact(sl.quantity));
+        c.value_per_quantity = Some(format_exact(sl.rate));
+        line.line_items.push(c);
+    }
+    Some((key, line, amount, None))
+}
+
+/// The arrears invoice of a window: usage cards, arrears fees, licenses, credit grants and
+/// entitlements, overage, pricing rules, minimum-commitment true-up.
+fn arrears_invoice(
+    p: &Parts,
+    catalog: &Catalog,
+    org: &Organization,
+    usage: &Usage,
+    as_of: NaiveDate,
+    license_timeline: &dyn Fn(&str) -> Vec<(i64, Decimal)>,
+) -> Option<BuiltInvoice> {
+    let (w, plan) = (p.w, p.plan);
+    let cur = &p.account.currency;
+    let has_arrears = !plan.usage_cards.is_empty()
+        || plan.minimum_commitment.is_some()
+        || !plan.overage_cards.is_empty()
+        || !plan.entitlement_cards.is_empty()
+        || plan.fixed_fee_cards.iter().any(|f| f.timing == Timing::InArrears)
+        || plan.license_cards.iter().any(|l| l.timing == Timing::InArrears)
+        || plan.credit_grant_cards.iter().any(|l| l.timing == Timing::InArrears)
+        || plan.entitlement_cards.iter().any(|l| l.timing == Timing::InArrears);
+    if !has_arrears {
+        return None;
+    }
+    let mut handoff = Handoff::default();
+    let mut cards: Vec<CardState> = Vec::new();
+    let mut usage_info = Vec::new();
+    for card in &plan.usage_cards {
+        let Some(rates) = card.rates.get(&cur.code) else { continue };
+        let q = usage.get(&(w.id, card.meter_id.clone())).copied().unwrap_or(Decimal::ZERO);
+        let ch = rate_usage(card, rates, q);
+        let key = format!("urc.{}", card.meter_id);
+        let (line, amount) = card_line(key.clone(), &card.display_name, &card.meter_id, card.model, &ch, cur, org);
+        cards.push((key, line, amount, Some((card, rates, q))));
+        let meter_name = catalog.meters.get(&card.meter_id).map(|m| m.display_name.clone()).unwrap_or_default();
+        if !usage_info.iter().any(|u: &LineItem| u.id.as_deref() == Some(&card.meter_id)) {
+            let mut u = LineItem::new("USAGE_METER_USAGE", meter_name, format_exact(q));
+            u.id = Some(card.meter_id.clone());
+            u.quantity = Some(format_exact(q));
+            usage_info.push(u);
+        }
+    }
+    for ff in plan.fixed_fee_cards.iter().filter(|f| f.timing == Timing::InArrears) {
+        if let Some((line, amount)) = fixed_fee_line(ff, w, cur, org) {
+            cards.push((format!("ff.{}", ff.addon_id), line, amount, None));
+        }
+    }
+    for lc in plan.license_cards.iter().filter(|l| l.timing == Timing::InArrears) {
+        let Some(rates) = lc.rates.get(&cur.code) else { continue };
+        let days = crate::licenses::daily(&license_timeline(&lc.addon_id), org.time_zone, w.start, w.end, lc.max_quantity);
+        if let Some((line, amount)) = license_arrears(lc, rates, &days, w, cur, org) {
+            cards.push((format!("lrc.{}", lc.addon_id), line, amount, None));
+        }
+    }
+    for g in plan.credit_grant_cards.iter().filter(|g| g.timing == Timing::InArrears) {
+        if let Some((card, grant)) = credit_grant(g, w, Kind::Standard, cur, org) {
+            cards.push(card);
+            handoff.credit_grants.push(grant);
+        }
+    }
+    for e in plan.entitlement_cards.iter().filter(|e| e.timing == Timing::InArrears && e.kind.charged_in(w.cycle_index)) {
+        cards.extend(entitlement_line(e, cur, org));
+    }
+    // feature credits and overage of every feature the plan grants or bills
+    let features: std::collections::BTreeSet<&str> = plan
+        .entitlement_cards
+        .iter()
+        .map(|e| e.feature_id.as_str())
+        .chain(plan.overage_cards.iter().map(|o| o.feature_id.as_str()))
+        .collect();
+    for f in features {
+        let fu = crate::entitlements::feature_use(catalog, plan, w, usage, f);
+        let (entries, overage) = crate::entitlements::entries(&fu, w, &Kind::Standard.invoice_id(w));
+        handoff.feature_credits.extend(entries);
+        if let (Some(oc), Some((billed, _))) = (plan.overage_cards.iter().find(|o| o.feature_id == f), overage) {
+            let Some(rates) = oc.rates.get(&cur.code) else { continue };
+            let ch = rate_plan(oc.model, &oc.slabs, rates, billed);
+            let amount = round_line(ch.exact, cur, org.rounding);
+            let key = crate::catalog::grants::overage_key(oc);
+            let mut line = LineItem::new("ENTITLEMENT_OVERAGE_RATE_CARD_AMOUNT", &oc.display_name, format_amount(amount, cur));
+            line.id = Some(key.clone());
+            line.quantity = Some(format_exact(billed));
+            line.metadata.insert("featureId".into(), f.to_string());
+            line.metadata.insert("featureUsage".into(), format_exact(fu.consumed));
+            line.metadata.insert("featureCreditsUsed".into(), format_exact(fu.covered));
+            line.metadata.insert("exactValue".into(), format_exact(ch.exact));
+            for sl in &ch.slabs {
+                let mut c = LineItem::new("ENTITLEMENT_OVERAGE_RATE_CARD_SLAB_AMOUNT", slab_description(sl), format_exact(sl.revenue));
+                c.quantity = Some(format_exact(sl.quantity));
+                c.value_per_quantity = Some(format_exact(sl.rate));
+                line.line_items.push(c);
+            }
+            cards.push((key, line, amount, None));
+        }
+    }
+    let rules: Vec<_> = plan.pricing_rules.iter().filter(|r| r.timing == Timing::InArrears).collect();
+    let (additions, rule_log) = apply_rules(&rules, &mut cards, cur, org);
+    let subtotal: Decimal = cards.iter().map(|c| c.2).sum();
+    let mut lines: Vec<(String, Decimal)> = cards.iter().map(|c| (c.1.description.clone(), c.2)).collect();
+    let cards: Vec<LineItem> = cards.into_iter().map(|c| c.1).collect();
+    let sub_v = format_amount(subtotal, cur);
+    let mut plan_children = vec![wrap("SUB_TOTAL_AMOUNT", "Subtotal", &sub_v, cards)];
+    let mut total = subtotal;
+    if let Some(mc) = &plan.minimum_commitment {
+        if let Some(rate) = mc.rates.get(&cur.code) {
+            let commitment = round_line(*rate, cur, org.rounding);
+            let true_up = (commitment - subtotal).max(Decimal::ZERO);
+            if true_up > Decimal::ZERO {
+                let mut l = LineItem::new("TRUE_UP_AMOUNT", &mc.display_name, format_amount(true_up, cur));
+                l.metadata.insert("minimumCommitment".into(), format_amount(commitment, cur));
+                plan_children.push(l);
+                lines.push((mc.display_name.clone(), true_up));
+                total += true_up;
+            }
+        }
+    }
+    let price_plan_v = format_amount(total, cur);
+    let gross = vec![wrap("PRICE_PLAN_AMOUNT", &plan.name, &price_plan_v, plan_children)];
+    let gross = with_additions(gross, additions, &mut lines, &mut total, cur);
+    let tree = totals_tree(&format_amount(total, cur), gross);
+    let mut built = assemble(p, org, as_of, Kind::Standard, tree, usage_info, lines, total);
+    built.invoice.pricing_rules_log = rule_log;
+    built.handoff = handoff;
+    Some(built)
+}
+
+/// The window's in-advance invoices: the STANDARD_ADVANCED invoice at the window start (fees,
+/// licenses, credit grants and entitlements in advance, in-advance pricing rules) and one
+/// ADHOC_ADVANCED invoice per day with license increases; decreases may be refunded.
+fn advance_invoices(
+    p: &Parts,
+    org: &Organization,
+    as_of: NaiveDate,
+    license_timeline: &dyn Fn(&str) -> Vec<(i64, Decimal)>,
+    out: &mut Vec<BuiltInvoice>,
+) {
+    let (w, plan) = (p.w, p.plan);
+    let cur = &p.account.currency;
+    let mut handoff = Handoff::default();
+    let mut cards: Vec<CardState> = Vec::new();
+    for ff in plan.fixed_fee_cards.iter().filter(|f| f.timing == Timing::InAdvance) {
+        if let Some((line, amount)) = fixed_fee_line(ff, w, cur, org) {
+            cards.push((format!("ff.{}", ff.addon_id), line, amount, None));
+        }
+    }
+    let (win_days, cycle_days) = w.days();
+    let mut adhoc: BTreeMap<NaiveDate, Vec<(LineItem, Decimal)>> = BTreeMap::new();
+    for lc in plan.license_cards.iter().filter(|l| l.timing == Timing::InAdvance) {
+        let Some(rates) = lc.rates.get(&cur.code) else { continue };
+        let tl = license_timeline(&lc.addon_id);
+        let q0 = crate::licenses::at_start(&tl, org.time_zone, w.start, lc.max_quantity);
+        let ch = rate_plan(lc.model, &lc.slabs, rates, q0);
+        let prorate = lc.proration && w.is_partial();
+        let amount = if prorate {
+            round_ratio(ch.exact * Decimal::from(win_days), Decimal::from(cycle_days), cur, org.rounding).unwrap_or(Decimal::ZERO)
+        } else {
+            round_line(ch.exact, cur, org.rounding)
+        };
+        let mut line = license_line("ADVANCED_LICENSE_RATE_CARD_AMOUNT", lc, &ch, amount, cur);
+        if prorate {
+            line.metadata.insert("prorationFactor".into(), format!("{win_days}/{cycle_days}"));
+            line.metadata.insert("exactValue".into(), format!("{}/{cycle_days}", format_exact(ch.exact * Decimal::from(win_days))));
+        }
+        cards.push((format!("lrc.{}", lc.addon_id), line, amount, None));
+        // changes during the cycle (known by the as-of date): increases bill the price difference,
+        // prorated to the rest of the cycle when proration is on; decreases are refunded the same
+        // way when the card has a proratedRefundMode (and proration), else not at all
+        let mut billed = q0;
+        let mut billed_price = ch.exact;
+        for (day, q) in crate::licenses::daily(&tl, org.time_zone, w.start, w.end.min(as_of), lc.max_quantity) {
+            if q == billed || (q < billed && (lc.refund_mode.is_none() || !lc.proration)) {
+                continue;
+            }
+            let new = rate_plan(lc.model, &lc.slabs, rates, q);
+            let diff = new.exact - billed_price;
+            let remaining = (w.end - day).num_days();
+            let amount = if lc.proration {
+                round_ratio(diff * Decimal::from(remaining), Decimal::from(cycle_days), cur, org.rounding).unwrap_or(Decimal::ZERO)
+            } else {
+                round_line(diff, cur, org.rounding)
+            };
+            if q < billed {
+                let mode = lc.refund_mode.expect("checked above");
+                handoff.refunds.push(Refund {
+                    id: format!("{}#{}${}${day}", w.schedule_id, w.start, lc.addon_id),
+                    account_id: w.account_id.clone(),
+                    invoice_id: Kind::Advanced.invoice_id(w),
+                    add_on_id: lc.addon_id.clone(),
+                    mode: mode.as_str(),
+                    date: day,
+                    currency: cur.code.clone(),
+                    amount: format_amount(-amount, cur),
+                    description: format!("{}: {} → {}", lc.display_name, format_exact(billed), format_exact(q)),
+                    proration_factor: format!("{remaining}/{cycle_days}"),
+                });
+            } else {
                 let mut l = LineItem::new(
                     "ADVANCED_LICENSE_RATE_CARD_AMOUNT",
                     format!("{}: {} → {}", lc.display_name, format_exact(billed), format_exact(q)),
@@ -674,25 +845,65 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
                     l.metadata.insert("exactValue".into(), format!("{}/{cycle_days}", format_exact(diff * Decimal::from(remaining))));
                 }
                 adhoc.entry(day).or_default().push((l, amount));
-                billed = q;
-                billed_price = new.exact;
             }
+            billed = q;
+            billed_price = new.exact;
         }
-        for (day, items) in adhoc {
-            let t: Decimal = items.iter().map(|i| i.1).sum();
-            let v = format_amount(t, cur);
-            let lines: Vec<(String, Decimal)> = items.iter().map(|i| (i.0.description.clone(), i.1)).collect();
-            let tree = totals_tree(
-                &v,
-                vec![wrap("TOTAL_ADVANCED_FEES", "License increases in advance", &v, items.into_iter().map(|i| i.0).collect())],
-            );
-            out.push(assemble(&parts, org, as_of, Kind::AdHoc(day), tree, Vec::new(), lines, t));
+    }
+    for g in plan.credit_grant_cards.iter().filter(|g| g.timing == Timing::InAdvance) {
+        if let Some((card, grant)) = credit_grant(g, w, Kind::Advanced, cur, org) {
+            cards.push(card);
+            handoff.credit_grants.push(grant);
         }
-        if !adv.is_empty() {
-            let v = format_amount(total, cur);
-            let tree = totals_tree(&v, vec![wrap("TOTAL_ADVANCED_FEES", "Fees in advance", &v, adv)]);
-            out.push(assemble(&parts, org, as_of, Kind::Advanced, tree, Vec::new(), lines, total));
-        }
+    }
+    for e in plan.entitlement_cards.iter().filter(|e| e.timing == Timing::InAdvance && e.kind.charged_in(w.cycle_index)) {
+        cards.extend(entitlement_line(e, cur, org));
+    }
+    for (day, items) in adhoc {
+        let t: Decimal = items.iter().map(|i| i.1).sum();
+        let v = format_amount(t, cur);
+        let lines: Vec<(String, Decimal)> = items.iter().map(|i| (i.0.description.clone(), i.1)).collect();
+        let tree = totals_tree(
+            &v,
+            vec![wrap("TOTAL_ADVANCED_FEES", "License increases in advance", &v, items.into_iter().map(|i| i.0).collect())],
+        );
+        out.push(assemble(p, org, as_of, Kind::AdHoc(day), tree, Vec::new(), lines, t));
+    }
+    if cards.is_empty() {
+        return;
+    }
+    let rules: Vec<_> = plan.pricing_rules.iter().filter(|r| r.timing == Timing::InAdvance).collect();
+    let (additions, rule_log) = apply_rules(&rules, &mut cards, cur, org);
+    let mut total: Decimal = cards.iter().map(|c| c.2).sum();
+    let mut lines: Vec<(String, Decimal)> = cards.iter().map(|c| (c.1.description.clone(), c.2)).collect();
+    let fees_v = format_amount(total, cur);
+    let gross = vec![wrap("TOTAL_ADVANCED_FEES", "Fees in advance", &fees_v, cards.into_iter().map(|c| c.1).collect())];
+    let gross = with_additions(gross, additions, &mut lines, &mut total, cur);
+    let tree = totals_tree(&format_amount(total, cur), gross);
+    let mut built = assemble(p, org, as_of, Kind::Advanced, tree, Vec::new(), lines, total);
+    built.invoice.pricing_rules_log = rule_log;
+    built.handoff = handoff;
+    out.push(built);
+}
+
+/// Build the invoices of every window: the arrears (STANDARD) invoice, and a STANDARD_ADVANCED
+/// invoice when in-advance fees are charged in the window. Sequence numbers go to DUE invoices
+/// in order of (invoice date, account, start date, id), starting at 1.
+pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window], usage: &Usage, as_of: NaiveDate) -> Vec<BuiltInvoice> {
+    let mut out = Vec::new();
+    for w in windows {
+        let (Some(account), Some(plan)) = (catalog.accounts.get(&w.account_id), catalog.plans.get(&w.plan_id)) else { continue };
+        let customer = catalog.customers.get(&account.customer_id).cloned().unwrap_or_default();
+        let parts = Parts { w, account, plan, customer: &customer };
+        let license_timeline = |id: &str| -> Vec<(i64, Decimal)> {
+            catalog
+                .licenses
+                .get(&(account.id.clone(), id.to_string()))
+                .map(|v| v.iter().map(|(t, q)| (t.timestamp_micros(), *q)).collect())
+                .unwrap_or_default()
+        };
+        out.extend(arrears_invoice(&parts, catalog, org, usage, as_of, &license_timeline));
+        advance_invoices(&parts, org, as_of, &license_timeline, &mut out);
     }
     let mut order: Vec<usize> = (0..out.len()).filter(|i| out[*i].due).collect();
     order.sort_by(|a, b| {

@@ -76,6 +76,16 @@ pub trait Scope {
     fn has_named(&self, _path: &str) -> bool {
         false
     }
+    /// An enrichment dependency (`dependencies.<name>`): `Some(true)` numeric, `Some(false)` text.
+    fn dependency(&self, _name: &str) -> Option<bool> {
+        None
+    }
+}
+
+/// The event-frame field name of an enrichment dependency (an attribute or a dimension of the
+/// frame, joined per account before the enrichments run).
+pub fn dependency_field(name: &str) -> String {
+    format!("dependencies.{name}")
 }
 
 /// Parse a JSON-logic value. Togai stores matchers/computations as JSON text inside a string;
@@ -112,6 +122,15 @@ fn resolve_var(path: &str, scope: &dyn Scope) -> Result<VarRef, String> {
                 Ok(VarRef::Attribute(n.to_string()))
             } else {
                 Err(format!("`{path}`: the event schema has no attribute `{n}`"))
+            };
+        }
+    }
+    for p in ["dependencies.", "dependency."] {
+        if let Some(n) = path.strip_prefix(p) {
+            return match scope.dependency(n) {
+                Some(true) => Ok(VarRef::Attribute(dependency_field(n))),
+                Some(false) => Ok(VarRef::Dimension(dependency_field(n))),
+                None => Err(format!("`{path}`: the event schema declares no enrichment dependency `{n}`")),
             };
         }
     }

@@ -26,6 +26,8 @@ pub struct PricingRule {
     pub condition: Option<Ast>,
     pub computation: Ast,
     pub action: Action,
+    /// Which invoice the rule applies to: the arrears invoice or the advance invoice.
+    pub timing: crate::catalog::Timing,
 }
 
 /// A scalar JSON-logic value.

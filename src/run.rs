@@ -30,6 +30,8 @@ use billrun_connectors::{read_source, ReadWindow};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const REJECTS: &str = "rejects.ndjson";
+/// Credits, feature credits and refunds rating hands to settlement (see `handoff`).
+pub const SETTLEMENT: &str = "settlement.json";
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -73,6 +75,8 @@ pub enum RunError {
     Strict(u64),
     #[error("polars: {0}")]
     Polars(#[from] PolarsError),
+    #[error("{0}")]
+    Pushdown(#[from] crate::pushdown::PushdownError),
 }
 
 impl RunError {
@@ -80,6 +84,7 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Config(ConfigError::Invalid(_)) | RunError::Catalog(_) | RunError::NoAsOf(_) => 2,
+            RunError::Pushdown(e) if e.is_user_input() => 2,
             RunError::Strict(_) => 1,
             _ => 3,
         }
@@ -207,7 +212,10 @@ fn reject_lines(rejects: &DataFrame, bad: &[BadRecord], cat: &Catalog, meter_ids
         let geti = |n: &str| rejects.column(n).ok().and_then(|c| c.get(i).ok()).and_then(|v| v.extract::<i64>());
         let mut attrs: Vec<Value> = Vec::new();
         let mut dims = Map::new();
-        for n in &names {
+        // enrichment dependencies are the account's settings, not part of the event
+        let dep = crate::jsonlogic::dependency_field("");
+        let is_dep = |n: &str| n.strip_prefix(ATTR_PREFIX).or(n.strip_prefix(DIM_PREFIX)).is_some_and(|f| f.starts_with(&dep));
+        for n in names.iter().filter(|n| !is_dep(n)) {
             if let Some(a) = n.strip_prefix(ATTR_PREFIX) {
                 if let Some(v) = get(n) {
                     attrs.push(json!({"name": a, "value": v}));
@@ -269,7 +277,13 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     let mut bad = Vec::new();
     let windows = plan_windows(&cat, tz, as_of);
     let window = ReadWindow { start_us: windows.iter().map(|w| w.start_us).min(), end_us: Some(as_of_us) };
-    for s in &cfg.sources {
+    // meter pushdown (src/pushdown.rs): these sources are metered in their database; only
+    // their usage table comes back, merged below with the local path's
+    let mut pushed = Vec::new();
+    for s in cfg.sources.iter().filter(|s| s.pushdown().is_some()) {
+        pushed.push(rt.block_on(crate::pushdown::pushdown(s, &cat, &windows, as_of_us, &window))?);
+    }
+    for s in cfg.sources.iter().filter(|s| s.pushdown().is_none()) {
         let out = rt.block_on(read_source(s, &window))?;
         tracing::info!(source = %s.name(), files = out.files.len(), rows = out.num_rows(), bad = out.bad_records.len(), "source read");
         batches.extend(out.batches);
@@ -280,8 +294,11 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     let pb = progress("ingesting and metering");
     let frame = frame::build(&batches)?;
     drop(batches);
-    let IngestOutput { usage, meter_ids, rejects, mut counts, events_read, events_used, used_by_window } =
+    let IngestOutput { mut usage, meter_ids, rejects, mut counts, mut events_read, mut events_used, mut used_by_window } =
         ingest::ingest(frame, &cat, &windows, as_of_us)?;
+    for p in pushed {
+        p.merge_into(&mut usage, &mut counts, &mut events_read, &mut events_used, &mut used_by_window);
+    }
     if !bad.is_empty() {
         *counts.entry(Reason::InvalidEvent).or_insert(0) += bad.len() as u64;
     }
@@ -337,6 +354,13 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         rej.push('\n');
     }
     files.push((REJECTS.into(), rej.into_bytes()));
+    let mut handoff = crate::handoff::Handoff::default();
+    for b in &invoices {
+        handoff.extend(&b.handoff);
+    }
+    let mut hb = serde_json::to_vec_pretty(&handoff).expect("handoff serializes");
+    hb.push(b'\n');
+    files.push((SETTLEMENT.into(), hb));
     drop(pb);
 
     let mut totals: BTreeMap<String, (Decimal, Decimal, crate::money::Currency)> = BTreeMap::new();

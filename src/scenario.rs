@@ -18,6 +18,50 @@ struct Hand {
     invoice: Vec<HandInvoice>,
     #[serde(default)]
     rejects: BTreeMap<String, u64>,
+    /// What rating hands to settlement (`settlement.json`), each listed in full when present.
+    #[serde(default)]
+    credit_grant: Vec<HandGrant>,
+    #[serde(default)]
+    feature_credit: Vec<HandFeatureCredit>,
+    #[serde(default)]
+    refund: Vec<HandRefund>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandGrant {
+    account: String,
+    add_on: String,
+    effective_from: String,
+    /// A date, or "none" (NO_EXPIRY).
+    effective_until: String,
+    amount: String,
+    status: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandFeatureCredit {
+    account: String,
+    feature: String,
+    /// PRICE_PLAN or OVERAGE.
+    source: String,
+    effective_from: String,
+    granted: String,
+    used: String,
+    balance: String,
+    #[serde(default)]
+    unbilled: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandRefund {
+    account: String,
+    add_on: String,
+    date: String,
+    mode: String,
+    amount: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,9 +171,68 @@ fn check_hand(dir: &Path, report: &RunReport, problems: &mut Vec<String>) {
     if seen != report.invoices.len() {
         problems.push(format!("the run produced {} invoices, hand.toml lists {}", report.invoices.len(), hand.invoice.len()));
     }
+    check_handoff(&hand, report, problems);
     let got: BTreeMap<String, u64> = report.counts.iter().map(|(r, n)| (r.as_str().to_string(), *n)).collect();
     if got != hand.rejects {
         problems.push(format!("rejects {got:?} (hand: {:?})", hand.rejects));
+    }
+}
+
+fn check_handoff(hand: &Hand, report: &RunReport, problems: &mut Vec<String>) {
+    let mut all = crate::handoff::Handoff::default();
+    for b in &report.invoices {
+        all.extend(&b.handoff);
+    }
+    let same = |a: &str, b: &str| dec(a).is_some() && dec(a) == dec(b);
+    for h in &hand.credit_grant {
+        let found = all.credit_grants.iter().any(|g| {
+            g.account_id == h.account
+                && g.add_on_id == h.add_on
+                && g.effective_from.to_string() == h.effective_from
+                && g.effective_until.map_or("none".to_string(), |d| d.to_string()) == h.effective_until
+                && same(&g.amount, &h.amount)
+                && g.status == h.status
+        });
+        if !found {
+            problems.push(format!("hand.toml: no credit grant {h:?} (produced: {:?})", all.credit_grants));
+        }
+    }
+    for h in &hand.feature_credit {
+        let found = all.feature_credits.iter().any(|f| {
+            f.account_id == h.account
+                && f.feature_id == h.feature
+                && f.source == h.source
+                && f.effective_from.to_string() == h.effective_from
+                && same(&f.granted, &h.granted)
+                && same(&f.used, &h.used)
+                && same(&f.balance, &h.balance)
+                && match (&f.unbilled, &h.unbilled) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => same(a, b),
+                    _ => false,
+                }
+        });
+        if !found {
+            problems.push(format!("hand.toml: no feature credit entry {h:?} (produced: {:?})", all.feature_credits));
+        }
+    }
+    for h in &hand.refund {
+        let found = all
+            .refunds
+            .iter()
+            .any(|r| r.account_id == h.account && r.add_on_id == h.add_on && r.date.to_string() == h.date && r.mode == h.mode && same(&r.amount, &h.amount));
+        if !found {
+            problems.push(format!("hand.toml: no refund {h:?} (produced: {:?})", all.refunds));
+        }
+    }
+    for (what, hand_n, got_n) in [
+        ("credit grants", hand.credit_grant.len(), all.credit_grants.len()),
+        ("feature credit entries", hand.feature_credit.len(), all.feature_credits.len()),
+        ("refunds", hand.refund.len(), all.refunds.len()),
+    ] {
+        if hand_n != got_n {
+            problems.push(format!("the run handed {got_n} {what} to settlement, hand.toml lists {hand_n}"));
+        }
     }
 }
 

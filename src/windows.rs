@@ -26,6 +26,18 @@ pub struct Window {
     pub start_us: i64,
     pub end_us: i64,
     pub due_us: i64,
+    /// Feature credits granted for this window by the plan's billing entitlement cards.
+    pub feature_grants: Vec<FeatureGrant>,
+}
+
+/// Feature credits of one billing entitlement card in a window, usable in `[from, until)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureGrant {
+    pub feature_id: String,
+    pub from: NaiveDate,
+    pub until: NaiveDate,
+    pub from_us: i64,
+    pub until_us: i64,
 }
 
 impl Window {
@@ -66,6 +78,21 @@ pub fn plan_windows(catalog: &Catalog, tz: Tz, as_of: NaiveDate) -> Vec<Window> 
                     break;
                 }
                 let due = cycle.due_date(ce);
+                let feature_grants = plan
+                    .entitlement_cards
+                    .iter()
+                    .filter(|c| c.kind.charged_in(k))
+                    .map(|c| {
+                        let (from, until) = c.validity(start, end);
+                        FeatureGrant {
+                            feature_id: c.feature_id.clone(),
+                            from,
+                            until,
+                            from_us: day_start(tz, from).timestamp_micros(),
+                            until_us: day_start(tz, until).timestamp_micros(),
+                        }
+                    })
+                    .collect();
                 out.push(Window {
                     id: out.len() as u32,
                     account_id: account.id.clone(),
@@ -80,6 +107,7 @@ pub fn plan_windows(catalog: &Catalog, tz: Tz, as_of: NaiveDate) -> Vec<Window> 
                     start_us: day_start(tz, start).timestamp_micros(),
                     end_us: day_start(tz, end).timestamp_micros(),
                     due_us: day_start(tz, due).timestamp_micros(),
+                    feature_grants,
                 });
                 if sch.end.is_some_and(|e| ce >= e) {
                     break;
@@ -110,6 +138,9 @@ mod tests {
             fixed_fee_cards: vec![],
             license_cards: vec![],
             minimum_commitment: None,
+            credit_grant_cards: vec![],
+            entitlement_cards: vec![],
+            overage_cards: vec![],
             pricing_rules: vec![],
         }
     }

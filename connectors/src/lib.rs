@@ -24,6 +24,7 @@ pub mod prometheus;
 mod rows;
 pub mod s3;
 pub mod schema;
+pub mod snowflake;
 pub mod source;
 pub mod sql;
 pub mod store;

@@ -24,7 +24,7 @@ use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
 use crate::error::{ConnectorError, ErrorKind};
 use crate::file::{ColumnMapping, SourceOutput};
 use crate::source::ReadWindow;
-use crate::sql::{self, Bound, Cell, ColKind, ColumnPlan, Secret, SqlBatcher};
+use crate::sql::{self, AggregateOutput, Bound, Cell, ColKind, ColumnPlan, Param, Placeholder, Secret, SqlBatcher};
 
 pub const CONNECTOR: &str = "postgres";
 
@@ -69,6 +69,10 @@ pub struct PostgresConfig {
     /// Column mapping; without one, Togai's column aliases are expected.
     #[serde(default)]
     pub mapping: Option<ColumnMapping>,
+    /// Compute the usage meters inside Postgres (see billrun's pushdown); only the usage table
+    /// comes back.
+    #[serde(default)]
+    pub pushdown: bool,
     /// Retries on connection failures (default 3).
     #[serde(default = "default_retries")]
     pub retries: u32,
@@ -315,13 +319,7 @@ fn rustls_native_certs() -> Vec<rustls::pki_types::CertificateDer<'static>> {
     r.certs
 }
 
-async fn attempt(
-    cfg: &PostgresConfig,
-    sql_text: &str,
-    params: &[Bound],
-    window: &ReadWindow,
-    label: &str,
-) -> Result<SourceOutput, Failure> {
+async fn connect(cfg: &PostgresConfig, label: &str) -> Result<tokio_postgres::Client, Failure> {
     let fatal = |kind, msg: String| Failure::Fatal(ConnectorError::new(CONNECTOR, &cfg.name, label, kind, msg));
     let pg = cfg.pg_config();
     let client = if cfg.sslmode == SslMode::Disable {
@@ -343,27 +341,38 @@ async fn attempt(
         });
         client
     };
-    let classify = |e: tokio_postgres::Error, what: &str| {
-        let msg = match e.as_db_error() {
-            Some(db) => {
-                format!("{what}: {} ({}){}", db.message(), db.code().code(), db.hint().map(|h| format!("; hint: {h}")).unwrap_or_default())
-            }
-            None => format!("{what} on {}: {e}", cfg.target()),
-        };
-        if is_transient(&e) {
-            Failure::Transient(msg)
-        } else {
-            fatal(ErrorKind::Config, msg)
-        }
+    Ok(client)
+}
+
+fn classify(cfg: &PostgresConfig, label: &str, e: tokio_postgres::Error, what: &str) -> Failure {
+    let msg = match e.as_db_error() {
+        Some(db) => format!("{what}: {} ({}){}", db.message(), db.code().code(), db.hint().map(|h| format!("; hint: {h}")).unwrap_or_default()),
+        None => format!("{what} on {}: {e}", cfg.target()),
     };
+    if is_transient(&e) {
+        Failure::Transient(msg)
+    } else {
+        Failure::Fatal(ConnectorError::new(CONNECTOR, &cfg.name, label, ErrorKind::Config, msg))
+    }
+}
+
+async fn attempt(
+    cfg: &PostgresConfig,
+    sql_text: &str,
+    params: &[Bound],
+    window: &ReadWindow,
+    label: &str,
+) -> Result<SourceOutput, Failure> {
+    let fatal = |kind, msg: String| Failure::Fatal(ConnectorError::new(CONNECTOR, &cfg.name, label, kind, msg));
+    let client = connect(cfg, label).await?;
+    let classify = |e: tokio_postgres::Error, what: &str| classify(cfg, label, e, what);
     let types: Vec<Type> = params.iter().map(|_| Type::TIMESTAMPTZ).collect();
     let stmt = client.prepare_typed(sql_text, &types).await.map_err(|e| classify(e, "the query does not prepare"))?;
     let names: Vec<String> = stmt.columns().iter().map(|c| c.name().to_string()).collect();
     let col_types: Vec<Type> = stmt.columns().iter().map(|c| c.type_().clone()).collect();
     let kinds: Vec<ColKind> = col_types.iter().map(kind_of).collect();
     let plan = ColumnPlan::new(&names, &kinds, cfg.mapping.as_ref()).map_err(|(k, m)| fatal(k, m))?;
-    let bound: Vec<PgTimestamp> =
-        params.iter().map(|b| PgTimestamp(if *b == Bound::Start { window.start_us } else { window.end_us }, *b)).collect();
+    let bound: Vec<PgTimestamp> = params.iter().map(|b| bound(window, *b)).collect();
     let stream = client.query_raw(&stmt, bound.iter().map(|p| p as &dyn ToSql)).await.map_err(|e| classify(e, "the query failed"))?;
     let mut stream = pin!(stream);
     let mut batcher = SqlBatcher::new(plan, label);
@@ -382,14 +391,14 @@ async fn attempt(
     Ok(SourceOutput { batches, bad_records, files: Vec::new() })
 }
 
-/// Read a Postgres source over `window`.
-pub async fn read_postgres(cfg: &PostgresConfig, window: &ReadWindow) -> Result<SourceOutput, ConnectorError> {
-    let text = sql::load_query(CONNECTOR, &cfg.name, &cfg.query, &cfg.query_file)?;
-    let label = sql::query_label(&text);
-    let (sql_text, params) = sql::bind_window(&text, true, |n| format!("${n}"));
+async fn with_retries<T, F, Fut>(cfg: &PostgresConfig, label: &str, mut attempt: F) -> Result<T, ConnectorError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
     let mut tries = 0u32;
     loop {
-        match attempt(cfg, &sql_text, &params, window, &label).await {
+        match attempt().await {
             Ok(out) => return Ok(out),
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Transient(msg)) if tries < cfg.retries => {
@@ -402,13 +411,128 @@ pub async fn read_postgres(cfg: &PostgresConfig, window: &ReadWindow) -> Result<
                 return Err(ConnectorError::new(
                     CONNECTOR,
                     &cfg.name,
-                    &label,
+                    label,
                     ErrorKind::Io,
                     format!("{msg} (gave up after {} attempt(s); nothing was read)", tries + 1),
                 ))
             }
         }
     }
+}
+
+fn bound(window: &ReadWindow, b: Bound) -> PgTimestamp {
+    PgTimestamp(if b == Bound::Start { window.start_us } else { window.end_us }, b)
+}
+
+/// The columns of the source's query (name, kind, declared scale of `numeric(p, s)`), from the
+/// prepared statement; no row is read.
+pub async fn describe_postgres(cfg: &PostgresConfig) -> Result<Vec<sql::DescribedColumn>, ConnectorError> {
+    let text = sql::load_query(CONNECTOR, &cfg.name, &cfg.query, &cfg.query_file)?;
+    let label = sql::query_label(&text);
+    let (sql_text, params) = sql::bind_window(&text, true, |n| format!("${n}"));
+    with_retries(cfg, &label, || async {
+        let client = connect(cfg, &label).await?;
+        let types: Vec<Type> = params.iter().map(|_| Type::TIMESTAMPTZ).collect();
+        let stmt = client.prepare_typed(&sql_text, &types).await.map_err(|e| classify(cfg, &label, e, "the query does not prepare"))?;
+        let mut out = Vec::new();
+        for c in stmt.columns() {
+            // a numeric column's declared scale is not in the prepared statement: ask the catalog
+            let scale = match (c.type_(), c.table_oid(), c.column_id()) {
+                (&Type::NUMERIC, Some(t), Some(a)) => client
+                    .query_opt("SELECT CASE WHEN atttypmod >= 4 THEN (atttypmod - 4) & 65535 END FROM pg_attribute WHERE attrelid = $1 AND attnum = $2", &[&t, &a])
+                    .await
+                    .map_err(|e| classify(cfg, &label, e, "reading a column's scale"))?
+                    .and_then(|r| r.get::<_, Option<i32>>(0))
+                    .map(|s| s as u32),
+                _ => None,
+            };
+            out.push(sql::DescribedColumn { name: c.name().to_string(), kind: kind_of(c.type_()), scale });
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// A bind value of an aggregate query.
+#[derive(Debug)]
+enum PgParam<'a> {
+    Ts(PgTimestamp),
+    Other(&'a Param),
+}
+
+impl ToSql for PgParam<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            PgParam::Ts(t) => t.to_sql(ty, out),
+            PgParam::Other(Param::Text(s)) => s.to_sql(ty, out),
+            PgParam::Other(Param::Int(v)) => v.to_sql(ty, out),
+            PgParam::Other(Param::TextArray(v)) => v.to_sql(ty, out),
+            PgParam::Other(Param::IntArray(v)) => v.to_sql(ty, out),
+        }
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+    tokio_postgres::types::to_sql_checked!();
+}
+
+fn param_type(p: &Param) -> Type {
+    match p {
+        Param::Text(_) => Type::TEXT,
+        Param::Int(_) => Type::INT8,
+        Param::TextArray(_) => Type::TEXT_ARRAY,
+        Param::IntArray(_) => Type::INT8_ARRAY,
+    }
+}
+
+/// Run an aggregate query (meter pushdown) whose every column is text. `${startTime}` /
+/// `${endTime}` and `${param:N}` (1-based into `params`) become bind parameters.
+pub async fn aggregate_postgres(cfg: &PostgresConfig, query: &str, params: &[Param], window: &ReadWindow) -> Result<AggregateOutput, ConnectorError> {
+    let user_text = sql::load_query(CONNECTOR, &cfg.name, &cfg.query, &cfg.query_file)?;
+    let label = format!("pushdown of {}", sql::query_label(&user_text));
+    let (sql_text, order) = sql::bind_all(query, true, |n| format!("${n}"));
+    let mut values: Vec<PgParam<'_>> = Vec::with_capacity(order.len());
+    let mut types = Vec::with_capacity(order.len());
+    for p in &order {
+        match p {
+            Placeholder::Window(b) => {
+                values.push(PgParam::Ts(bound(window, *b)));
+                types.push(Type::TIMESTAMPTZ);
+            }
+            Placeholder::Param(i) => {
+                let v = params.get(*i).ok_or_else(|| ConnectorError::new(CONNECTOR, &cfg.name, &label, ErrorKind::Config, format!("no parameter {}", i + 1)))?;
+                types.push(param_type(v));
+                values.push(PgParam::Other(v));
+            }
+        }
+    }
+    with_retries(cfg, &label, || async {
+        let client = connect(cfg, &label).await?;
+        let stmt = client.prepare_typed(&sql_text, &types).await.map_err(|e| classify(cfg, &label, e, "the pushdown query does not prepare"))?;
+        let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_string()).collect();
+        for c in stmt.columns() {
+            if kind_of(c.type_()) != ColKind::Text {
+                let msg = format!("aggregate column `{}` is {}, not text", c.name(), c.type_().name());
+                return Err(Failure::Fatal(ConnectorError::new(CONNECTOR, &cfg.name, &label, ErrorKind::Format, msg)));
+            }
+        }
+        let rows = client
+            .query(&stmt, &values.iter().map(|v| v as &(dyn ToSql + Sync)).collect::<Vec<_>>())
+            .await
+            .map_err(|e| classify(cfg, &label, e, "the pushdown query failed"))?;
+        let rows: Vec<Vec<Option<String>>> = rows.iter().map(|r| (0..columns.len()).map(|i| r.get::<_, Option<String>>(i)).collect()).collect();
+        tracing::info!(source = %cfg.name, target = %cfg.target(), rows = rows.len(), "postgres pushdown read");
+        Ok(AggregateOutput { columns, rows })
+    })
+    .await
+}
+
+/// Read a Postgres source over `window`.
+pub async fn read_postgres(cfg: &PostgresConfig, window: &ReadWindow) -> Result<SourceOutput, ConnectorError> {
+    let text = sql::load_query(CONNECTOR, &cfg.name, &cfg.query, &cfg.query_file)?;
+    let label = sql::query_label(&text);
+    let (sql_text, params) = sql::bind_window(&text, true, |n| format!("${n}"));
+    with_retries(cfg, &label, || attempt(cfg, &sql_text, &params, window, &label)).await
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ use crate::file::{read_files, ColumnMapping, FileFormat, FileSourceConfig, Sourc
 use crate::postgres::{read_postgres, PostgresConfig};
 use crate::prometheus::{read_prometheus, PrometheusConfig};
 use crate::s3::{read_s3, S3SourceConfig};
+use crate::snowflake::{read_snowflake, SnowflakeConfig};
+use crate::sql::{AggregateOutput, DescribedColumn, Dialect, Param};
 
 /// One source as written in the run configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -36,6 +38,9 @@ pub enum SourceConfig {
     /// A PromQL range query (see `prometheus.rs`).
     #[serde(rename = "prometheus")]
     Prometheus(PrometheusConfig),
+    /// A SQL query against Snowflake (see `snowflake.rs`).
+    #[serde(rename = "snowflake")]
+    Snowflake(SnowflakeConfig),
 }
 
 /// The event-time window a run needs, in microseconds since the epoch (UTC), half-open.
@@ -54,6 +59,17 @@ impl SourceConfig {
             SourceConfig::Postgres(c) => &c.name,
             SourceConfig::S3(c) => &c.name,
             SourceConfig::Prometheus(c) => &c.name,
+            SourceConfig::Snowflake(c) => &c.name,
+        }
+    }
+
+    /// The SQL dialect of a source configured with `pushdown = true` (its meters run in the
+    /// database); `None` for every other source.
+    pub fn pushdown(&self) -> Option<Dialect> {
+        match self {
+            SourceConfig::Postgres(c) if c.pushdown => Some(Dialect::Postgres),
+            SourceConfig::Snowflake(c) if c.pushdown => Some(Dialect::Snowflake),
+            _ => None,
         }
     }
 
@@ -66,6 +82,7 @@ impl SourceConfig {
                 }
             }
             SourceConfig::Postgres(c) => c.resolve_paths(base),
+            SourceConfig::Snowflake(c) => c.resolve_paths(base),
             SourceConfig::S3(_) | SourceConfig::Prometheus(_) => {}
         }
     }
@@ -90,6 +107,7 @@ impl SourceConfig {
             SourceConfig::Postgres(c) => c.validate(&mut out),
             SourceConfig::S3(c) => c.validate(&mut out),
             SourceConfig::Prometheus(c) => c.validate(&mut out),
+            SourceConfig::Snowflake(c) => c.validate(&mut out),
         }
         out
     }
@@ -104,5 +122,56 @@ pub async fn read_source(cfg: &SourceConfig, window: &ReadWindow) -> Result<Sour
         SourceConfig::Postgres(c) => read_postgres(c, window).await,
         SourceConfig::S3(c) => read_s3(c, window).await,
         SourceConfig::Prometheus(c) => read_prometheus(c, window).await,
+        SourceConfig::Snowflake(c) => read_snowflake(c, window).await,
+    }
+}
+
+fn not_sql(cfg: &SourceConfig) -> ConnectorError {
+    ConnectorError::new(
+        "source",
+        cfg.name(),
+        "pushdown",
+        crate::error::ErrorKind::Config,
+        "meter pushdown needs a SQL source (postgres or snowflake)",
+    )
+}
+
+/// The result columns of a SQL source's query, described by the database (no row is read).
+pub async fn describe_source(cfg: &SourceConfig, window: &ReadWindow) -> Result<Vec<DescribedColumn>, ConnectorError> {
+    match cfg {
+        SourceConfig::Postgres(c) => crate::postgres::describe_postgres(c).await,
+        SourceConfig::Snowflake(c) => crate::snowflake::describe_snowflake(c, window).await,
+        other => Err(not_sql(other)),
+    }
+}
+
+/// Run an aggregate (pushdown) query against a SQL source: `query` wraps the source's own query
+/// (with its `${startTime}` / `${endTime}`) and refers to `params` as `${param:N}`; every result
+/// column is text. The connector binds everything and knows nothing of what is aggregated.
+pub async fn aggregate_source(cfg: &SourceConfig, query: &str, params: &[Param], window: &ReadWindow) -> Result<AggregateOutput, ConnectorError> {
+    match cfg {
+        SourceConfig::Postgres(c) => crate::postgres::aggregate_postgres(c, query, params, window).await,
+        SourceConfig::Snowflake(c) => crate::snowflake::aggregate_snowflake(c, query, params, window).await,
+        other => Err(not_sql(other)),
+    }
+}
+
+/// The source's own SQL text (inline or from `query_file`), for a pushdown query to wrap.
+pub fn source_query(cfg: &SourceConfig) -> Result<String, ConnectorError> {
+    match cfg {
+        SourceConfig::Postgres(c) => crate::sql::load_query(crate::postgres::CONNECTOR, &c.name, &c.query, &c.query_file),
+        SourceConfig::Snowflake(c) => crate::sql::load_query(crate::snowflake::CONNECTOR, &c.name, &c.query, &c.query_file),
+        other => Err(not_sql(other)),
+    }
+}
+
+/// The column mapping of a SQL source (`None`: Togai's column aliases).
+pub fn source_mapping(cfg: &SourceConfig) -> Option<&ColumnMapping> {
+    match cfg {
+        SourceConfig::Postgres(c) => c.mapping.as_ref(),
+        SourceConfig::Snowflake(c) => c.mapping.as_ref(),
+        SourceConfig::Files { mapping, .. } => mapping.as_ref(),
+        SourceConfig::S3(c) => c.mapping.as_ref(),
+        SourceConfig::Prometheus(_) => None,
     }
 }

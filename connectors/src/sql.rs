@@ -104,6 +104,88 @@ pub fn bind_window(sql: &str, numbered: bool, placeholder: impl Fn(usize) -> Str
     (out, params)
 }
 
+/// A placeholder of an aggregate (pushdown) query, in order of appearance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placeholder {
+    /// `${startTime}` / `${endTime}` of the source's query.
+    Window(Bound),
+    /// `${param:N}`: the N-th (1-based) [`Param`], here 0-based.
+    Param(usize),
+}
+
+/// A bind parameter of an aggregate (pushdown) query. Arrays are Postgres only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Param {
+    Text(String),
+    Int(i64),
+    TextArray(Vec<String>),
+    IntArray(Vec<i64>),
+}
+
+/// A result column of a source's query, as described by the database before reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribedColumn {
+    pub name: String,
+    pub kind: ColKind,
+    /// Declared scale of a decimal column, when the database reports one.
+    pub scale: Option<u32>,
+}
+
+/// The rows of an aggregate (pushdown) query: every value as text (the query casts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AggregateOutput {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+/// Which SQL a source speaks (for the pushdown compiler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Snowflake,
+}
+
+/// Like [`bind_window`], for aggregate queries: `${startTime}`, `${endTime}` and `${param:N}`
+/// become driver placeholders. With `numbered` placeholders each distinct one is one parameter;
+/// with positional ones every occurrence is its own. Returns the SQL and the parameters' order.
+pub fn bind_all(sql: &str, numbered: bool, placeholder: impl Fn(usize) -> String) -> (String, Vec<Placeholder>) {
+    let mut out = String::with_capacity(sql.len());
+    let mut order: Vec<Placeholder> = Vec::new();
+    let mut rest = sql;
+    while let Some(i) = rest.find("${") {
+        let tail = &rest[i..];
+        let (ph, len) = if tail.starts_with(START_TIME) {
+            (Some(Placeholder::Window(Bound::Start)), START_TIME.len())
+        } else if tail.starts_with(END_TIME) {
+            (Some(Placeholder::Window(Bound::End)), END_TIME.len())
+        } else if let Some(body) = tail.strip_prefix("${param:") {
+            match body.find('}').map(|j| (j, body[..j].parse::<usize>())) {
+                Some((j, Ok(n))) if n >= 1 => (Some(Placeholder::Param(n - 1)), "${param:".len() + j + 1),
+                _ => (None, 2),
+            }
+        } else {
+            (None, 2)
+        };
+        out.push_str(&rest[..i]);
+        match ph {
+            Some(p) => {
+                let n = match order.iter().position(|x| *x == p) {
+                    Some(k) if numbered => k + 1,
+                    _ => {
+                        order.push(p);
+                        order.len()
+                    }
+                };
+                out.push_str(&placeholder(n));
+            }
+            None => out.push_str(&tail[..len]),
+        }
+        rest = &rest[i + len..];
+    }
+    out.push_str(rest);
+    (out, order)
+}
+
 /// The first line of a query, shortened, for error locations and logs.
 pub fn query_label(sql: &str) -> String {
     let one: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -605,6 +687,17 @@ mod tests {
         let (sql, p) = bind_window("'${startTime}' -- no splicing", true, |n| format!("${n}"));
         assert_eq!(sql, "'$1' -- no splicing");
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn aggregate_placeholders_in_order() {
+        let q = "WITH u AS (SELECT * FROM e WHERE ts < ${endTime} AND ts >= ${startTime}) SELECT ${param:2}, ${param:1}, ${param:2}, '${x}'";
+        let (sql, p) = bind_all(q, true, |n| format!("${n}"));
+        assert_eq!(sql, "WITH u AS (SELECT * FROM e WHERE ts < $1 AND ts >= $2) SELECT $3, $4, $3, '${x}'");
+        assert_eq!(p, vec![Placeholder::Window(Bound::End), Placeholder::Window(Bound::Start), Placeholder::Param(1), Placeholder::Param(0)]);
+        let (sql, p) = bind_all(q, false, |_| "?".into());
+        assert_eq!(sql.matches('?').count(), 5);
+        assert_eq!(p.len(), 5);
     }
 
     #[test]

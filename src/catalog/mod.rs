@@ -7,6 +7,7 @@
 //! account id to Togai's `AccountAlias` / `PricingScheduleWithPricePlanId` lists, the shapes of
 //! the per-account list endpoints).
 
+pub mod grants;
 pub mod raw;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +23,7 @@ use crate::diag::{Diagnostic, Diagnostics};
 use crate::doc::{self, Doc};
 use crate::jsonlogic::{self, Ast, Kind};
 use crate::money::Currency;
+pub use grants::{CreditGrantCard, DateDuration, EntitlementCard, Expiry, Feature, OverageCard};
 use raw::*;
 
 #[derive(Debug, Clone)]
@@ -32,6 +34,8 @@ pub struct EventSchema {
     pub dimensions: BTreeSet<String>,
     /// Derived fields, in `order`; each may read the event and the fields before it.
     pub enrichments: Vec<Enrichment>,
+    /// Enrichment dependencies: name → (setting key, numeric?), read as `dependencies.<name>`.
+    pub dependencies: BTreeMap<String, (String, bool)>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +53,44 @@ impl jsonlogic::Scope for EventSchema {
     }
     fn has_dimension(&self, n: &str) -> bool {
         self.dimensions.contains(n)
+    }
+    fn dependency(&self, n: &str) -> Option<bool> {
+        self.dependencies.get(n).map(|d| d.1)
+    }
+}
+
+/// A setting value (Togai's `Setting`) of a scope: the organisation, a customer or an account.
+#[derive(Debug, Clone)]
+pub struct Setting {
+    pub id: String,
+    /// `setting.<namespace>.<name>`: what enrichment dependencies refer to (or the id).
+    pub key: String,
+    pub scope: SettingScope,
+    pub value: SettingValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingScope {
+    Organization,
+    Customer(String),
+    Account(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SettingValue {
+    Numeric(Decimal),
+    Text(String),
+}
+
+impl Catalog {
+    /// The setting `key` as seen by an account: the account's own, else its customer's, else the
+    /// organisation's.
+    pub fn setting_for(&self, account: &Account, key: &str) -> Option<&Setting> {
+        let matching = || self.settings.iter().filter(move |s| s.key == key || s.id == key);
+        matching()
+            .find(|s| s.scope == SettingScope::Account(account.id.clone()))
+            .or_else(|| matching().find(|s| s.scope == SettingScope::Customer(account.customer_id.clone())))
+            .or_else(|| matching().find(|s| s.scope == SettingScope::Organization))
     }
 }
 
@@ -210,13 +252,20 @@ pub struct FixedFeeCard {
     pub proration: bool,
 }
 
-impl FixedFeeCard {
-    /// Is the fee charged in the schedule's cycle number `k` (0-based)?
-    pub fn charged_in(&self, k: u32) -> bool {
-        match self.kind {
+impl FeeKind {
+    /// Is it charged in the schedule's cycle number `k` (0-based)?
+    pub fn charged_in(self, k: u32) -> bool {
+        match self {
             FeeKind::OneTime => k == 0,
             FeeKind::Recurring { interval, offset } => k >= offset && (k - offset).is_multiple_of(interval.max(1)),
         }
+    }
+}
+
+impl FixedFeeCard {
+    /// Is the fee charged in the schedule's cycle number `k` (0-based)?
+    pub fn charged_in(&self, k: u32) -> bool {
+        self.kind.charged_in(k)
     }
 }
 
@@ -230,9 +279,29 @@ pub struct LicenseCard {
     pub proration: bool,
     /// Updates beyond this quantity are not granted (DO_NOTHING): the quantity is capped.
     pub max_quantity: Option<Decimal>,
+    /// In advance with proration: how a decrease during the cycle is refunded (None: not refunded).
+    pub refund_mode: Option<RefundMode>,
     pub model: PricingModel,
     pub slabs: Vec<Slab>,
     pub rates: BTreeMap<String, CardRates>,
+}
+
+/// Togai's `ProratedRefundMode` besides NONE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundMode {
+    Credits,
+    Payment,
+    Wallet,
+}
+
+impl RefundMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundMode::Credits => "CREDITS",
+            RefundMode::Payment => "PAYMENT",
+            RefundMode::Wallet => "WALLET",
+        }
+    }
 }
 
 /// A plan's minimum commitment: the arrears subtotal is trued up to it.
@@ -252,6 +321,9 @@ pub struct PricePlan {
     pub fixed_fee_cards: Vec<FixedFeeCard>,
     pub license_cards: Vec<LicenseCard>,
     pub minimum_commitment: Option<MinimumCommitment>,
+    pub credit_grant_cards: Vec<CreditGrantCard>,
+    pub entitlement_cards: Vec<EntitlementCard>,
+    pub overage_cards: Vec<OverageCard>,
     /// Sorted by `order`.
     pub pricing_rules: Vec<crate::rules::PricingRule>,
 }
@@ -309,6 +381,8 @@ pub struct Catalog {
     pub event_schemas: BTreeMap<String, EventSchema>,
     pub meters: BTreeMap<String, Meter>,
     pub addons: BTreeMap<String, AddOn>,
+    pub features: BTreeMap<String, Feature>,
+    pub settings: Vec<Setting>,
     pub plans: BTreeMap<String, PricePlan>,
     pub customers: BTreeMap<String, Customer>,
     pub accounts: BTreeMap<String, Account>,
@@ -346,6 +420,7 @@ struct RawCatalog {
     aliases: Vec<(Origin, String, RawAlias)>,
     schedules: Vec<(Origin, String, RawSchedule)>,
     license_updates: Vec<(Origin, RawLicenseUpdate)>,
+    settings: Vec<(Origin, RawSetting)>,
 }
 
 /// Settings the catalog needs from the run configuration.
@@ -411,6 +486,7 @@ const KEYS: &[&str] = &[
     "accountAliases",
     "accountSchedules",
     "licenseUpdates",
+    "settings",
 ];
 
 fn de<T: DeserializeOwned>(doc: &Doc, file: &Path, path: &str, v: &Value, d: &mut Diagnostics) -> Option<T> {
@@ -491,6 +567,7 @@ fn load_file(file: &Path, text: &str, raw: &mut RawCatalog, d: &mut Diagnostics)
                         "customers" => put!(customers),
                         "accounts" => put!(accounts),
                         "licenseUpdates" => put!(license_updates),
+                        "settings" => put!(settings),
                         _ => unreachable!(),
                     }
                 }
@@ -539,8 +616,47 @@ fn config_decimal(
 
 fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog {
     let mut cat = Catalog::default();
+    let mut feature_details = Vec::new();
+    for (o, s) in raw.settings {
+        let scope = match s.entity_type.as_str() {
+            "ORGANIZATION" => SettingScope::Organization,
+            "CUSTOMER" => SettingScope::Customer(s.entity_id.clone()),
+            "ACCOUNT" => SettingScope::Account(s.entity_id.clone()),
+            t => {
+                d.push(o.diag("entityType", format!("unknown entity type `{t}`, expected ORGANIZATION, CUSTOMER or ACCOUNT")));
+                continue;
+            }
+        };
+        let value = match s.data_type.as_str() {
+            "NUMERIC" => match doc::parse_decimal(s.value.trim()) {
+                Some(v) => SettingValue::Numeric(v),
+                None => {
+                    d.push(o.diag("value", format!("a NUMERIC setting needs a decimal number, found `{}`", s.value)));
+                    continue;
+                }
+            },
+            "STRING" => SettingValue::Text(s.value.clone()),
+            "JSON" | "JSON_LOGIC" => {
+                d.push(o.diag("dataType", format!("{} settings are not supported yet (NUMERIC and STRING are)", s.data_type)));
+                continue;
+            }
+            t => {
+                d.push(o.diag("dataType", format!("unknown data type `{t}`, expected STRING, NUMERIC, JSON or JSON_LOGIC")));
+                continue;
+            }
+        };
+        let key = format!("setting.{}.{}", s.namespace, s.name);
+        if cat.settings.iter().any(|x| x.key == key && x.scope == scope) {
+            d.push(o.diag("", format!("setting `{key}` is defined twice for the same entity")));
+            continue;
+        }
+        cat.settings.push(Setting { id: s.id, key, scope, value });
+    }
 
     for (o, s) in raw.event_schemas {
+        if let Some(v) = s.feature_details.as_ref().filter(|v| !v.is_null()) {
+            feature_details.push((o.clone(), s.name.clone(), v.clone()));
+        }
         if s.event_id_template.is_some() {
             d.push(o.diag("eventIdTemplate", "eventIdTemplate is not supported yet: events must carry an id"));
         }
@@ -549,12 +665,13 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
             attributes: s.attributes.iter().map(|a| a.name.clone()).collect(),
             dimensions: s.dimensions.iter().map(|a| a.name.clone()).collect(),
             enrichments: Vec::new(),
+            dependencies: BTreeMap::new(),
         };
         if let Some(n) = schema.attributes.intersection(&schema.dimensions).next() {
             d.push(o.diag("", format!("`{n}` is both an attribute and a dimension")));
         }
         if let Some(e) = s.enrichments.as_ref().filter(|e| !e.is_null()) {
-            validate_enrichments(&o, e, &mut schema, d);
+            validate_enrichments(&o, e, &mut schema, &cat.settings, d);
         }
         if cat.event_schemas.insert(s.name.clone(), schema).is_some() {
             d.push(o.diag("name", format!("duplicate event schema `{}`", s.name)));
@@ -666,7 +783,7 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
             d.push(o.diag("id", format!("duplicate add-on id `{}`", a.id)));
         }
     }
-    let _features: Vec<_> = raw.features; // accepted (entitlements arrive with the rating-engine work)
+    grants::features(raw.features, feature_details, &mut cat, d);
 
     // each plan's raw cycle and currencies, the defaults of per-account overrides
     let mut plan_defaults: BTreeMap<String, (Option<RawPricingCycleConfig>, Vec<String>)> = BTreeMap::new();
@@ -937,6 +1054,13 @@ fn address_map(a: Option<RawAddress>) -> BTreeMap<String, String> {
     m
 }
 
+#[derive(Debug, Clone, Copy)]
+enum GrantKind {
+    Credit,
+    Entitlement,
+    Overage,
+}
+
 fn validate_cycle(o: &Origin, sub: &str, c: &RawPricingCycleConfig, d: &mut Diagnostics) -> Option<CycleConfig> {
     let Some(interval) = Interval::parse(&c.interval) else {
         d.push(o.diag(
@@ -973,31 +1097,24 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
     let mut fixed = Vec::new();
     let mut minimum: Option<(String, Option<String>, Value)> = None;
     let mut licenses: Vec<(String, Option<String>, Option<String>, &RawLicenseRateCard)> = Vec::new();
+    let mut granting: Vec<(GrantKind, String, Option<String>, Option<String>, Value)> = Vec::new();
     let (cycle_raw, currencies, cycle_sub) = match (&p.rate_cards, &p.price_plan_details) {
         (Some(cards), None) => {
             for (i, c) in cards.iter().enumerate() {
                 let sub = format!("rateCards[{i}]");
                 let det = &c.rate_card_details;
-                let unsupported = [
-                    ("billingEntitlementRateCard", det.billing_entitlement_rate_card.is_some()),
-                    ("entitlementOverageRateCard", det.entitlement_overage_rate_card.is_some()),
-                    ("creditGrantRateCard", det.credit_grant_rate_card.is_some()),
-                ];
-                for (name, present) in unsupported {
-                    if present {
-                        d.push(o.diag(&format!("{sub}.rateCardDetails.{name}"), format!("{name} rate cards are not supported yet")));
-                    }
-                }
                 let present = [
                     det.usage_rate_card.is_some(),
                     det.fixed_fee_rate_card.is_some(),
                     det.minimum_commitment_rate_card.is_some(),
                     det.license_rate_card.is_some(),
+                    det.billing_entitlement_rate_card.is_some(),
+                    det.entitlement_overage_rate_card.is_some(),
+                    det.credit_grant_rate_card.is_some(),
                 ]
                 .iter()
                 .filter(|x| **x)
-                .count()
-                    + unsupported.iter().filter(|x| x.1).count();
+                .count();
                 if present != 1 {
                     d.push(o.diag(&format!("{sub}.rateCardDetails"), "exactly one rate card detail is required"));
                     continue;
@@ -1032,10 +1149,30 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
                         c.tag.clone(),
                         det.license_rate_card.as_ref().expect("checked"),
                     )),
-                    ("USAGE" | "FIXED_FEE" | "MINIMUM_COMMITMENT" | "LICENSE", _, _) => {
+                    ("CREDIT_GRANT", _, _) if det.credit_grant_rate_card.is_some() => granting.push((
+                        GrantKind::Credit,
+                        format!("{sub}.rateCardDetails.creditGrantRateCard"),
+                        c.display_name.clone().or(c.name.clone()),
+                        c.tag.clone(),
+                        det.credit_grant_rate_card.clone().expect("checked"),
+                    )),
+                    ("BILLING_ENTITLEMENT", _, _) if det.billing_entitlement_rate_card.is_some() => granting.push((
+                        GrantKind::Entitlement,
+                        format!("{sub}.rateCardDetails.billingEntitlementRateCard"),
+                        c.display_name.clone().or(c.name.clone()),
+                        c.tag.clone(),
+                        det.billing_entitlement_rate_card.clone().expect("checked"),
+                    )),
+                    ("ENTITLEMENT_OVERAGE", _, _) if det.entitlement_overage_rate_card.is_some() => granting.push((
+                        GrantKind::Overage,
+                        format!("{sub}.rateCardDetails.entitlementOverageRateCard"),
+                        c.display_name.clone().or(c.name.clone()),
+                        c.tag.clone(),
+                        det.entitlement_overage_rate_card.clone().expect("checked"),
+                    )),
+                    ("USAGE" | "FIXED_FEE" | "MINIMUM_COMMITMENT" | "LICENSE" | "CREDIT_GRANT" | "BILLING_ENTITLEMENT" | "ENTITLEMENT_OVERAGE", _, _) => {
                         d.push(o.diag(&format!("{sub}.type"), format!("type {} does not match its rateCardDetails", c.kind)))
                     }
-                    ("BILLING_ENTITLEMENT" | "ENTITLEMENT_OVERAGE" | "CREDIT_GRANT", _, _) => {}
                     (other, _, _) => d.push(o.diag(&format!("{sub}.type"), format!("unknown rate card type `{other}`"))),
                 }
             }
@@ -1045,13 +1182,13 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
             for (i, l) in det.license_rate_cards.iter().enumerate() {
                 licenses.push((format!("pricePlanDetails.licenseRateCards[{i}]"), None, None, l));
             }
-            for (name, n) in [
-                ("billingEntitlementRateCards", det.billing_entitlement_rate_cards.len()),
-                ("entitlementOverageRateCards", det.entitlement_overage_rate_cards.len()),
-                ("creditGrantRateCards", det.credit_grant_rate_cards.len()),
+            for (kind, name, list) in [
+                (GrantKind::Credit, "creditGrantRateCards", &det.credit_grant_rate_cards),
+                (GrantKind::Entitlement, "billingEntitlementRateCards", &det.billing_entitlement_rate_cards),
+                (GrantKind::Overage, "entitlementOverageRateCards", &det.entitlement_overage_rate_cards),
             ] {
-                if n > 0 {
-                    d.push(o.diag(&format!("pricePlanDetails.{name}"), format!("{name} are not supported yet")));
+                for (i, v) in list.iter().enumerate() {
+                    granting.push((kind, format!("pricePlanDetails.{name}[{i}]"), None, None, v.clone()));
                 }
             }
             if let Some(m) = det.minimum_commitment.as_ref().filter(|v| !v.is_null()) {
@@ -1166,16 +1303,37 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
             d.push(o.diag(&format!("{sub}.usageCycle"), "usageCycle is not supported yet"));
             continue;
         }
-        if l.prorated_refund_mode.as_deref().is_some_and(|m| m != "NONE") {
-            d.push(o.diag(&format!("{sub}.proratedRefundMode"), "prorated refunds are not supported yet (NONE)"));
-            continue;
-        }
         let timing = match l.invoice_timing.as_deref() {
             None | Some("IN_ARREARS") => Timing::InArrears,
             Some("IN_ADVANCE") => Timing::InAdvance,
             Some(t) => {
                 d.push(o.diag(&format!("{sub}.invoiceTiming"), format!("`{t}` license timing is not supported (IN_ADVANCE, IN_ARREARS)")));
                 continue;
+            }
+        };
+        let refund_mode = match l.prorated_refund_mode.as_deref() {
+            None | Some("NONE") => None,
+            Some(m) => {
+                let mode = match m {
+                    "CREDITS" => RefundMode::Credits,
+                    "PAYMENT" => RefundMode::Payment,
+                    "WALLET" => RefundMode::Wallet,
+                    other => {
+                        d.push(o.diag(
+                            &format!("{sub}.proratedRefundMode"),
+                            format!("unknown refund mode `{other}`, expected NONE, CREDITS, PAYMENT or WALLET"),
+                        ));
+                        continue;
+                    }
+                };
+                if timing != Timing::InAdvance || !l.enable_proration {
+                    d.push(o.diag(
+                        &format!("{sub}.proratedRefundMode"),
+                        "prorated refunds apply to IN_ADVANCE license rate cards with enableProration; this card would never refund",
+                    ));
+                    continue;
+                }
+                Some(mode)
             }
         };
         let Some((model, slabs, rates)) = validate_rate_plan(o, &sub, &l.rate_plan, &l.rate_values, &currencies, d) else { continue };
@@ -1186,6 +1344,7 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
             timing,
             proration: l.enable_proration,
             max_quantity: l.config.as_ref().and_then(|c| c.max_quantity.map(|m| m.0)),
+            refund_mode,
             model,
             slabs,
             rates,
@@ -1202,8 +1361,25 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
         let rates = rate_map(o, &sub, m.rate_values.iter().map(|r| (r.currency.clone(), r.rate.0)), &currencies, d);
         Some(MinimumCommitment { display_name: name.or(m.display_name).unwrap_or_else(|| "Minimum commitment".into()), rates })
     });
-    let pricing_rules = validate_rules(o, p.pricing_rules.as_deref().unwrap_or_default(), &usage_cards, &fixed_fee_cards, d);
-    Some(PricePlan {
+    let (mut credit_grant_cards, mut entitlement_cards, mut overage_cards) = (Vec::new(), Vec::new(), Vec::new());
+    for (kind, sub, name, tag, v) in granting {
+        match kind {
+            GrantKind::Credit => credit_grant_cards.extend(grants::credit_grant_card(o, &sub, name, tag, &v, &currencies, cat, d)),
+            GrantKind::Entitlement => entitlement_cards.extend(grants::entitlement_card(o, &sub, name, tag, &v, &currencies, cat, d)),
+            GrantKind::Overage => overage_cards.extend(grants::overage_card(o, &sub, name, tag, &v, &currencies, cat, d)),
+        }
+    }
+    for (i, e) in entitlement_cards.iter().enumerate() {
+        if entitlement_cards[..i].iter().any(|x| x.feature_id == e.feature_id) {
+            d.push(o.diag("", format!("feature `{}` has two billing entitlement rate cards; one per feature is supported", e.feature_id)));
+        }
+    }
+    for (i, e) in overage_cards.iter().enumerate() {
+        if overage_cards[..i].iter().any(|x| x.feature_id == e.feature_id) {
+            d.push(o.diag("", format!("feature `{}` has two entitlement overage rate cards", e.feature_id)));
+        }
+    }
+    let mut plan = PricePlan {
         id: p.id,
         name: p.name,
         cycle: cycle?,
@@ -1212,8 +1388,13 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
         fixed_fee_cards,
         license_cards,
         minimum_commitment,
-        pricing_rules,
-    })
+        credit_grant_cards,
+        entitlement_cards,
+        overage_cards,
+        pricing_rules: Vec::new(),
+    };
+    plan.pricing_rules = validate_rules(o, p.pricing_rules.as_deref().unwrap_or_default(), &plan, d);
+    Some(plan)
 }
 
 fn rate_map(
@@ -1385,18 +1566,27 @@ impl jsonlogic::Scope for RuleScope {
     }
 }
 
-fn validate_rules(
-    o: &Origin,
-    raw: &[Value],
-    usage: &[UsageCard],
-    fixed: &[FixedFeeCard],
-    d: &mut Diagnostics,
-) -> Vec<crate::rules::PricingRule> {
+impl PricePlan {
+    /// The keys pricing rules of a timing may read: (usage keys, revenue keys). Arrears rules see
+    /// the arrears invoice's cards, in-advance rules the advance invoice's.
+    pub fn rule_keys(&self, timing: Timing) -> (BTreeSet<String>, BTreeSet<String>) {
+        let mut usage = BTreeSet::new();
+        let mut revenue = BTreeSet::new();
+        if timing == Timing::InArrears {
+            usage.extend(self.usage_cards.iter().map(|c| format!("urc.{}", c.meter_id)));
+            revenue.extend(usage.iter().cloned());
+            revenue.extend(self.overage_cards.iter().map(grants::overage_key));
+        }
+        revenue.extend(self.fixed_fee_cards.iter().filter(|c| c.timing == timing).map(|f| format!("ff.{}", f.addon_id)));
+        revenue.extend(self.license_cards.iter().filter(|c| c.timing == timing).map(|c| format!("lrc.{}", c.addon_id)));
+        revenue.extend(self.credit_grant_cards.iter().filter(|c| c.timing == timing).map(grants::grant_key));
+        revenue.extend(self.entitlement_cards.iter().filter(|c| c.timing == timing).map(grants::entitlement_key));
+        (usage, revenue)
+    }
+}
+
+fn validate_rules(o: &Origin, raw: &[Value], plan: &PricePlan, d: &mut Diagnostics) -> Vec<crate::rules::PricingRule> {
     use crate::rules::{Action, PricingRule};
-    let usage_keys: BTreeSet<String> = usage.iter().map(|c| format!("urc.{}", c.meter_id)).collect();
-    let mut revenue = usage_keys.clone();
-    revenue.extend(fixed.iter().map(|f| format!("ff.{}", f.addon_id)));
-    let scope = RuleScope { usage: usage_keys, revenue };
     let mut out = Vec::new();
     for (i, v) in raw.iter().enumerate() {
         let sub = format!("pricingRules[{i}]");
@@ -1407,10 +1597,16 @@ fn validate_rules(
                 continue;
             }
         };
-        if r.invoice_timing.as_deref().is_some_and(|t| t != "IN_ARREARS") {
-            d.push(o.diag(&format!("{sub}.invoiceTiming"), "IN_ADVANCE pricing rules are not supported yet"));
-            continue;
-        }
+        let timing = match r.invoice_timing.as_deref() {
+            None | Some("IN_ARREARS") => Timing::InArrears,
+            Some("IN_ADVANCE") => Timing::InAdvance,
+            Some(t) => {
+                d.push(o.diag(&format!("{sub}.invoiceTiming"), format!("unknown rule timing `{t}`, expected IN_ADVANCE or IN_ARREARS")));
+                continue;
+            }
+        };
+        let (usage, revenue) = plan.rule_keys(timing);
+        let scope = RuleScope { usage, revenue };
         let parse = |v: &Value, what: &str, d: &mut Diagnostics| match jsonlogic::parse_rule(v, &scope)
             .and_then(|a| jsonlogic::kind(&a).map(|_| a))
         {
@@ -1418,7 +1614,9 @@ fn validate_rules(
             Err(e) => {
                 d.push(o.diag(
                     &format!("{sub}.{what}"),
-                    format!("{e} (pricing rules read usage.<key> and revenue.<key>, keys urc.<meter id> / ff.<add-on id>)"),
+                    format!(
+                        "{e} (pricing rules read usage.<key> and revenue.<key> of the cards on their invoice: urc.<meter id>, ff.<add-on id>, lrc.<add-on id>, cg.<add-on id>, be.<feature id>, eo.<feature id>)"
+                    ),
                 ));
                 None
             }
@@ -1458,13 +1656,14 @@ fn validate_rules(
             condition,
             computation,
             action,
+            timing,
         });
     }
     out.sort_by_key(|r| r.order);
     out
 }
 
-fn validate_enrichments(o: &Origin, raw: &Value, schema: &mut EventSchema, d: &mut Diagnostics) {
+fn validate_enrichments(o: &Origin, raw: &Value, schema: &mut EventSchema, settings: &[Setting], d: &mut Diagnostics) {
     let e: RawEnrichments = match serde_json::from_value(raw.clone()) {
         Ok(e) => e,
         Err(e) => {
@@ -1472,9 +1671,36 @@ fn validate_enrichments(o: &Origin, raw: &Value, schema: &mut EventSchema, d: &m
             return;
         }
     };
-    if !e.dependencies.is_empty() {
-        d.push(o.diag("enrichments.dependencies", "enrichment dependencies (settings) are not supported yet"));
-        return;
+    for (i, v) in e.dependencies.iter().enumerate() {
+        let sub = format!("enrichments.dependencies[{i}]");
+        let dep: RawDependency = match serde_json::from_value(v.clone()) {
+            Ok(x) => x,
+            Err(e) => {
+                d.push(o.diag(&sub, e.to_string()));
+                continue;
+            }
+        };
+        if dep.kind != "SETTING" {
+            d.push(o.diag(&format!("{sub}.type"), format!("unknown dependency type `{}`, expected SETTING", dep.kind)));
+            continue;
+        }
+        let kinds: BTreeSet<bool> = settings
+            .iter()
+            .filter(|s| s.key == dep.key || s.id == dep.key)
+            .map(|s| matches!(s.value, SettingValue::Numeric(_)))
+            .collect();
+        let numeric = match kinds.len() {
+            1 => kinds.contains(&true),
+            0 => {
+                d.push(o.diag(&format!("{sub}.key"), format!("no setting `{}` (keys are `setting.<namespace>.<name>` or a setting id)", dep.key)));
+                continue;
+            }
+            _ => {
+                d.push(o.diag(&format!("{sub}.key"), format!("setting `{}` is NUMERIC for some entities and STRING for others", dep.key)));
+                continue;
+            }
+        };
+        schema.dependencies.insert(dep.name, (dep.key, numeric));
     }
     let mut fields: Vec<(usize, RawEnrichmentField)> = e.fields.into_iter().enumerate().collect();
     fields.sort_by_key(|(_, f)| f.order);
@@ -1585,20 +1811,23 @@ fn override_plan(
     let over = validate_plan(o, raw, cat, d)?;
     let usage_cards = if over.usage_cards.is_empty() { base.usage_cards.clone() } else { over.usage_cards };
     let fixed_fee_cards = if over.fixed_fee_cards.is_empty() { base.fixed_fee_cards.clone() } else { over.fixed_fee_cards };
-    let rules = s.pricing_rules.as_deref().unwrap_or_default();
-    let pricing_rules =
-        if rules.is_empty() { base.pricing_rules.clone() } else { validate_rules(o, rules, &usage_cards, &fixed_fee_cards, d) };
-    Some(PricePlan {
+    let mut plan = PricePlan {
         id: over.id,
         name: base.name.clone(),
         cycle: if cycle_overridden { over.cycle } else { base.cycle },
         currencies: over.currencies,
         license_cards: if over.license_cards.is_empty() { base.license_cards.clone() } else { over.license_cards },
         minimum_commitment: over.minimum_commitment.or(base.minimum_commitment.clone()),
+        credit_grant_cards: if over.credit_grant_cards.is_empty() { base.credit_grant_cards.clone() } else { over.credit_grant_cards },
+        entitlement_cards: if over.entitlement_cards.is_empty() { base.entitlement_cards.clone() } else { over.entitlement_cards },
+        overage_cards: if over.overage_cards.is_empty() { base.overage_cards.clone() } else { over.overage_cards },
         usage_cards,
         fixed_fee_cards,
-        pricing_rules,
-    })
+        pricing_rules: Vec::new(),
+    };
+    let rules = s.pricing_rules.as_deref().unwrap_or_default();
+    plan.pricing_rules = if rules.is_empty() { base.pricing_rules.clone() } else { validate_rules(o, rules, &plan, d) };
+    Some(plan)
 }
 
 /// A v1 plan with versions over time: each version is validated as `<plan>@v<version>`; the plan

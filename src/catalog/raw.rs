@@ -637,3 +637,160 @@ pub struct RawPlanVersion {
     #[serde(default)]
     pub is_overriden: Option<bool>,
 }
+
+/// Togai's `CreditGrantRateCard`: a price charged for credits granted to the account.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCreditGrantRateCard {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    pub grant_details: RawGrantDetails,
+    pub rate_details: RawCreditRateDetails,
+    #[serde(default)]
+    pub invoice_timing: Option<String>,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub recurrence_config: Option<RawRecurrenceConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawGrantDetails {
+    pub priority: i64,
+    pub expiry_type: String,
+    #[serde(default)]
+    pub expiry_duration: Option<String>,
+    #[serde(default)]
+    pub applicable_entity_ids: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCreditRateDetails {
+    pub pricing_model: String,
+    pub currency_slab_rate_details: Vec<RawCurrencySlabRateDetail>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCurrencySlabRateDetail {
+    pub currency: String,
+    pub credit_amount: Dec,
+    pub slab_details: Vec<RawSlabDetail>,
+    #[serde(default)]
+    pub rate_config: Option<BTreeMap<String, Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSlabDetail {
+    pub start_after: Dec,
+    pub price_type: String,
+    pub rate: Dec,
+    #[serde(default)]
+    pub slab_config: Option<BTreeMap<String, Value>>,
+    #[serde(default)]
+    pub slab_rate_config: Option<BTreeMap<String, Value>>,
+}
+
+/// Togai's `BillingEntitlementRateCard`: feature credits granted each cycle, priced on their number.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawBillingEntitlementRateCard {
+    pub feature_id: String,
+    pub feature_configs: Vec<RawFeatureConfig>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub invoice_timing: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub rate_plan: RawRatePlan,
+    pub rate_values: Vec<RawRateValue>,
+    #[serde(default)]
+    pub recurrence_config: Option<RawRecurrenceConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFeatureConfig {
+    #[serde(default)]
+    pub effective_from: Option<String>,
+    pub effective_until: String,
+    pub feature_credit_limit: Dec,
+}
+
+/// Togai's `EntitlementOverageRateCard`: feature use beyond the granted feature credits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawEntitlementOverageRateCard {
+    pub feature_id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub max_quantity: Option<Dec>,
+    pub rate_plan: RawRatePlan,
+    pub rate_values: Vec<RawRateValue>,
+    #[serde(default)]
+    pub billing_config: Option<RawBillingConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawBillingConfig {
+    #[serde(default)]
+    pub interval: Option<i64>,
+    #[serde(default)]
+    pub start_offset: Option<i64>,
+}
+
+/// A feature's link to an event schema: events of `schemaName` consume `attributeName` credits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSchemaAssociation {
+    pub schema_name: String,
+    pub attribute_name: String,
+}
+
+/// An event schema's `featureDetails`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFeatureDetails {
+    pub feature_id: String,
+    pub attribute_name: String,
+}
+
+/// Togai's `Setting`: a value at organisation, customer or account level.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSetting {
+    pub id: String,
+    pub value: String,
+    pub entity_type: String,
+    pub entity_id: String,
+    pub namespace: String,
+    pub name: String,
+    pub data_type: String,
+}
+
+/// An enrichment dependency (`{type: SETTING, key, name}`), read in expressions as `dependencies.<name>`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDependency {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub key: String,
+    pub name: String,
+}

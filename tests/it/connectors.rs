@@ -13,30 +13,30 @@ use billrun::run::{run, RunOptions};
 
 use crate::{copy_dir, repo, snapshot};
 
-fn env(name: &str) -> String {
+pub(crate) fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: this test needs the real servers; run `scripts/test` (it starts them and exports {name})")
     })
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
 }
 
 /// The quickstart's events, in the order the local files source reads them (files by path,
 /// rows in file order).
-struct Ev {
-    id: String,
-    schema: String,
-    account: String,
-    ts: String,
-    ingested: Option<String>,
-    gb: Option<String>,
-    dims: Vec<(String, String)>,
+pub(crate) struct Ev {
+    pub id: String,
+    pub schema: String,
+    pub account: String,
+    pub ts: String,
+    pub ingested: Option<String>,
+    pub gb: Option<String>,
+    pub dims: Vec<(String, String)>,
 }
 
-fn quickstart_events() -> Vec<Ev> {
+pub(crate) fn quickstart_events() -> Vec<Ev> {
     let dir = repo().join("fixtures/01-quickstart/usage");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
@@ -66,7 +66,7 @@ fn quickstart_events() -> Vec<Ev> {
 }
 
 /// A copy of the quickstart whose `[[sources]]` is `source_toml`, plus `extra` files.
-fn scenario(source_toml: &str, extra: &[(&str, &str)]) -> tempfile::TempDir {
+pub(crate) fn scenario(source_toml: &str, extra: &[(&str, &str)]) -> tempfile::TempDir {
     let t = tempfile::tempdir().unwrap();
     copy_dir(&repo().join("fixtures/01-quickstart"), t.path());
     let cfg = std::fs::read_to_string(t.path().join("billrun.toml")).unwrap();
@@ -80,18 +80,18 @@ fn scenario(source_toml: &str, extra: &[(&str, &str)]) -> tempfile::TempDir {
     t
 }
 
-fn run_to(dir: &Path, out: &Path) -> Result<billrun::run::RunReport, billrun::run::RunError> {
+pub(crate) fn run_to(dir: &Path, out: &Path) -> Result<billrun::run::RunReport, billrun::run::RunError> {
     run(&RunOptions { config: dir.join("billrun.toml"), as_of: None, out: Some(out.to_path_buf()), strict: false })
 }
 
-fn local_outputs() -> std::collections::BTreeMap<String, Vec<u8>> {
+pub(crate) fn local_outputs() -> std::collections::BTreeMap<String, Vec<u8>> {
     let t = tempfile::tempdir().unwrap();
     copy_dir(&repo().join("fixtures/01-quickstart"), t.path());
     run_to(t.path(), &t.path().join("out")).unwrap();
     snapshot(&t.path().join("out"))
 }
 
-fn assert_same_outputs(got: &Path, what: &str) {
+pub(crate) fn assert_same_outputs(got: &Path, what: &str) {
     let want = local_outputs();
     let got = snapshot(got);
     assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{what}: the same files");
@@ -103,7 +103,7 @@ fn assert_same_outputs(got: &Path, what: &str) {
 
 // ---------------------------------------------------------------- Postgres
 
-fn psql(sql: &str, stdin: Option<&str>) {
+pub(crate) fn psql(sql: &str, stdin: Option<&str>) {
     let mut cmd = std::process::Command::new("psql");
     cmd.args([
         "-X",
@@ -128,7 +128,7 @@ fn psql(sql: &str, stdin: Option<&str>) {
     assert!(st.success(), "psql failed: {sql}");
 }
 
-fn csv_field(v: Option<&str>) -> String {
+pub(crate) fn csv_field(v: Option<&str>) -> String {
     match v {
         None => String::new(),
         Some(s) => format!("\"{}\"", s.replace('"', "\"\"")),
@@ -136,7 +136,7 @@ fn csv_field(v: Option<&str>) -> String {
 }
 
 /// Load the quickstart events (plus `noise` unknown-schema events) into a new table.
-fn pg_load(noise: usize) -> String {
+pub(crate) fn pg_load(noise: usize) -> String {
     let t = unique("quickstart");
     psql(&format!("CREATE TABLE {t} (seq int, id text, schema_name text, account_id text, ts timestamptz, ingested_at timestamptz, gb numeric, endpoint text, region text, bucket text)"), None);
     let mut data = String::new();
@@ -167,7 +167,7 @@ fn pg_load(noise: usize) -> String {
     t
 }
 
-fn pg_query(table: &str) -> String {
+pub(crate) fn pg_query(table: &str) -> String {
     format!(
         "SELECT id, schema_name AS \"schemaName\", account_id AS \"accountId\", ts AS \"timestamp\", ingested_at AS \"ingestedAt\",\n\
          gb AS \"attributes.gb\", endpoint AS \"dimensions.endpoint\", region AS \"dimensions.region\", bucket AS \"dimensions.bucket\"\n\
@@ -175,7 +175,7 @@ fn pg_query(table: &str) -> String {
     )
 }
 
-fn pg_source(port: &str) -> String {
+pub(crate) fn pg_source(port: &str) -> String {
     format!(
         "[[sources]]\nname = \"events\"\ntype = \"postgres\"\nhost = \"{}\"\nport = {port}\nuser = \"{}\"\ndbname = \"{}\"\nquery_file = \"usage.sql\"\nretries = 1\n",
         env("BILLRUN_TEST_PG_HOST"),
@@ -226,14 +226,14 @@ fn postgres_source_gives_the_same_invoices_as_local_files() {
 
 /// A TCP relay to Postgres that can cut the connection after `limit` bytes from the server and
 /// then stop accepting — the server going away mid-read, as the client sees it.
-struct Relay {
-    port: u16,
+pub(crate) struct Relay {
+    pub port: u16,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Relay {
-    fn start(port: u16, upstream: String, limit: Option<u64>) -> Relay {
+    pub fn start(port: u16, upstream: String, limit: Option<u64>) -> Relay {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
@@ -259,7 +259,7 @@ impl Relay {
         Relay { port, stop, thread: Some(thread) }
     }
 
-    fn wait_stopped(mut self) {
+    pub fn wait_stopped(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.take().unwrap().join().unwrap();
     }

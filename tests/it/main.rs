@@ -5,6 +5,8 @@ mod cli;
 mod connectors;
 mod hostile;
 mod properties;
+mod pushdown;
+mod snowflake;
 
 use std::path::{Path, PathBuf};
 
