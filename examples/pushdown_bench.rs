@@ -47,7 +47,7 @@ fn main() {
              TIMESTAMPTZ '2026-10-01 00:00:05+00' + (i % 2678400) * INTERVAL '1 second' AS ingested_at, \
              CAST((i * 7919) % 100000 AS numeric(12, 3)) / 1000 AS tokens, \
              (ARRAY['eu-west', 'us-east', 'ap-south'])[1 + i % 3] AS region, (ARRAY['batch', 'realtime', 'spot', 'batch'])[1 + i % 4] AS tier \
-             FROM generate_series(1, {rows}) AS i; ANALYZE {table}"
+             FROM generate_series(CAST(1 AS BIGINT), {rows}) AS i; ANALYZE {table}"
         ));
         eprintln!("created {table} in {:.1} s", t0.elapsed().as_secs_f64());
     }

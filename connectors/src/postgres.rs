@@ -346,7 +346,9 @@ async fn connect(cfg: &PostgresConfig, label: &str) -> Result<tokio_postgres::Cl
 
 fn classify(cfg: &PostgresConfig, label: &str, e: tokio_postgres::Error, what: &str) -> Failure {
     let msg = match e.as_db_error() {
-        Some(db) => format!("{what}: {} ({}){}", db.message(), db.code().code(), db.hint().map(|h| format!("; hint: {h}")).unwrap_or_default()),
+        Some(db) => {
+            format!("{what}: {} ({}){}", db.message(), db.code().code(), db.hint().map(|h| format!("; hint: {h}")).unwrap_or_default())
+        }
         None => format!("{what} on {}: {e}", cfg.target()),
     };
     if is_transient(&e) {
@@ -487,7 +489,12 @@ fn param_type(p: &Param) -> Type {
 
 /// Run an aggregate query (meter pushdown) whose every column is text. `${startTime}` /
 /// `${endTime}` and `${param:N}` (1-based into `params`) become bind parameters.
-pub async fn aggregate_postgres(cfg: &PostgresConfig, query: &str, params: &[Param], window: &ReadWindow) -> Result<AggregateOutput, ConnectorError> {
+pub async fn aggregate_postgres(
+    cfg: &PostgresConfig,
+    query: &str,
+    params: &[Param],
+    window: &ReadWindow,
+) -> Result<AggregateOutput, ConnectorError> {
     let user_text = sql::load_query(CONNECTOR, &cfg.name, &cfg.query, &cfg.query_file)?;
     let label = format!("pushdown of {}", sql::query_label(&user_text));
     let (sql_text, order) = sql::bind_all(query, true, |n| format!("${n}"));
@@ -500,7 +507,9 @@ pub async fn aggregate_postgres(cfg: &PostgresConfig, query: &str, params: &[Par
                 types.push(Type::TIMESTAMPTZ);
             }
             Placeholder::Param(i) => {
-                let v = params.get(*i).ok_or_else(|| ConnectorError::new(CONNECTOR, &cfg.name, &label, ErrorKind::Config, format!("no parameter {}", i + 1)))?;
+                let v = params.get(*i).ok_or_else(|| {
+                    ConnectorError::new(CONNECTOR, &cfg.name, &label, ErrorKind::Config, format!("no parameter {}", i + 1))
+                })?;
                 types.push(param_type(v));
                 values.push(PgParam::Other(v));
             }
@@ -508,7 +517,8 @@ pub async fn aggregate_postgres(cfg: &PostgresConfig, query: &str, params: &[Par
     }
     with_retries(cfg, &label, || async {
         let client = connect(cfg, &label).await?;
-        let stmt = client.prepare_typed(&sql_text, &types).await.map_err(|e| classify(cfg, &label, e, "the pushdown query does not prepare"))?;
+        let stmt =
+            client.prepare_typed(&sql_text, &types).await.map_err(|e| classify(cfg, &label, e, "the pushdown query does not prepare"))?;
         let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_string()).collect();
         for c in stmt.columns() {
             if kind_of(c.type_()) != ColKind::Text {
@@ -520,7 +530,8 @@ pub async fn aggregate_postgres(cfg: &PostgresConfig, query: &str, params: &[Par
             .query(&stmt, &values.iter().map(|v| v as &(dyn ToSql + Sync)).collect::<Vec<_>>())
             .await
             .map_err(|e| classify(cfg, &label, e, "the pushdown query failed"))?;
-        let rows: Vec<Vec<Option<String>>> = rows.iter().map(|r| (0..columns.len()).map(|i| r.get::<_, Option<String>>(i)).collect()).collect();
+        let rows: Vec<Vec<Option<String>>> =
+            rows.iter().map(|r| (0..columns.len()).map(|i| r.get::<_, Option<String>>(i)).collect()).collect();
         tracing::info!(source = %cfg.name, target = %cfg.target(), rows = rows.len(), "postgres pushdown read");
         Ok(AggregateOutput { columns, rows })
     })

@@ -134,7 +134,8 @@ impl SnowflakeConfig {
         let auth = match (&self.password, &self.private_key_file) {
             (Some(p), _) => AuthConfig::password(p.0.clone()),
             (None, Some(f)) => {
-                let pem = std::fs::read_to_string(f).map_err(|e| (ErrorKind::Config, format!("cannot read private_key_file {}: {e}", f.display())))?;
+                let pem = std::fs::read_to_string(f)
+                    .map_err(|e| (ErrorKind::Config, format!("cannot read private_key_file {}: {e}", f.display())))?;
                 AuthConfig::key_pair(match &self.private_key_passphrase {
                     Some(pass) => KeyPairConfig::from_encrypted_pem(pem, pass.0.as_bytes().to_vec()),
                     None => KeyPairConfig::from_pem(pem),
@@ -302,12 +303,15 @@ fn bound_value(window: &ReadWindow, b: Bound) -> Result<snowflake_connector_rs::
     snowflake_connector_rs::bind::TimestampLtz::try_from(t).map_err(|e| e.to_string())
 }
 
+/// Called with the result's column names and types before any row.
+type OnSchema<'a> = &'a mut dyn FnMut(&[String], &[ColumnType]) -> Result<(), (ErrorKind, String)>;
+
 /// Log in, run `sql` with its bindings, and hand every row to `each` (partitions streamed).
 async fn run_query<R: FromRow + Send + 'static>(
     cfg: &SnowflakeConfig,
     sql_text: &str,
     binds: &[BindValue],
-    on_schema: &mut dyn FnMut(&[String], &[ColumnType]) -> Result<(), (ErrorKind, String)>,
+    on_schema: OnSchema<'_>,
     each: &mut dyn FnMut(R) -> Result<(), ConnectorError>,
 ) -> Result<u64, Failure> {
     let client = cfg.client().map_err(|(k, m)| Failure::Fatal(k, m))?;
@@ -457,7 +461,9 @@ pub async fn aggregate_snowflake(
             sql::Placeholder::Param(i) => match params.get(*i) {
                 Some(Param::Text(s)) => BindValue::Text(s.clone()),
                 Some(Param::Int(v)) => BindValue::Int(*v),
-                Some(Param::TextArray(_) | Param::IntArray(_)) => return Err(err("array parameters are not supported by Snowflake".into())),
+                Some(Param::TextArray(_) | Param::IntArray(_)) => {
+                    return Err(err("array parameters are not supported by Snowflake".into()))
+                }
                 None => return Err(err(format!("no parameter {}", i + 1))),
             },
         });

@@ -148,7 +148,12 @@ pub async fn describe_source(cfg: &SourceConfig, window: &ReadWindow) -> Result<
 /// Run an aggregate (pushdown) query against a SQL source: `query` wraps the source's own query
 /// (with its `${startTime}` / `${endTime}`) and refers to `params` as `${param:N}`; every result
 /// column is text. The connector binds everything and knows nothing of what is aggregated.
-pub async fn aggregate_source(cfg: &SourceConfig, query: &str, params: &[Param], window: &ReadWindow) -> Result<AggregateOutput, ConnectorError> {
+pub async fn aggregate_source(
+    cfg: &SourceConfig,
+    query: &str,
+    params: &[Param],
+    window: &ReadWindow,
+) -> Result<AggregateOutput, ConnectorError> {
     match cfg {
         SourceConfig::Postgres(c) => crate::postgres::aggregate_postgres(c, query, params, window).await,
         SourceConfig::Snowflake(c) => crate::snowflake::aggregate_snowflake(c, query, params, window).await,

@@ -691,10 +691,14 @@ mod tests {
 
     #[test]
     fn aggregate_placeholders_in_order() {
-        let q = "WITH u AS (SELECT * FROM e WHERE ts < ${endTime} AND ts >= ${startTime}) SELECT ${param:2}, ${param:1}, ${param:2}, '${x}'";
+        let q =
+            "WITH u AS (SELECT * FROM e WHERE ts < ${endTime} AND ts >= ${startTime}) SELECT ${param:2}, ${param:1}, ${param:2}, '${x}'";
         let (sql, p) = bind_all(q, true, |n| format!("${n}"));
         assert_eq!(sql, "WITH u AS (SELECT * FROM e WHERE ts < $1 AND ts >= $2) SELECT $3, $4, $3, '${x}'");
-        assert_eq!(p, vec![Placeholder::Window(Bound::End), Placeholder::Window(Bound::Start), Placeholder::Param(1), Placeholder::Param(0)]);
+        assert_eq!(
+            p,
+            vec![Placeholder::Window(Bound::End), Placeholder::Window(Bound::Start), Placeholder::Param(1), Placeholder::Param(0)]
+        );
         let (sql, p) = bind_all(q, false, |_| "?".into());
         assert_eq!(sql.matches('?').count(), 5);
         assert_eq!(p.len(), 5);

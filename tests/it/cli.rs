@@ -64,15 +64,17 @@ fn validate_accepts_every_fixture() {
 fn unsupported_rate_cards_are_refused_not_ignored() {
     let t = tempfile::tempdir().unwrap();
     copy_dir(&repo().join("fixtures/01-quickstart"), t.path());
+    // a named license is not built: refused; a credit grant without grantDetails: a clear error
     std::fs::write(
         t.path().join("catalog/extra.yaml"),
-        "pricePlans:\n  - id: pp.lic\n    name: Seats\n    pricingCycleConfig: {interval: MONTHLY, gracePeriod: 1}\n    supportedCurrencies: [USD]\n    rateCards:\n      - type: CREDIT_GRANT\n        rateCardDetails:\n          creditGrantRateCard: {id: addon.credits}\n",
+        "addOns:\n  - {id: addon.named, name: named, type: NAMED_LICENSE}\npricePlans:\n  - id: pp.lic\n    name: Seats\n    pricingCycleConfig: {interval: MONTHLY, gracePeriod: 1}\n    supportedCurrencies: [USD]\n    rateCards:\n      - type: LICENSE\n        rateCardDetails:\n          licenseRateCard: {id: addon.named, enableProration: false, ratePlan: {pricingModel: TIERED, slabs: [{order: 1, startAfter: 0, priceType: PER_UNIT}]}, rateValues: [{currency: USD, slabRates: [{order: 1, rate: 1}]}]}\n      - type: CREDIT_GRANT\n        rateCardDetails:\n          creditGrantRateCard: {id: addon.credits}\n",
     )
     .unwrap();
     let out = billrun().args(["validate", "--config"]).arg(t.path().join("billrun.toml")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("extra.yaml") && err.contains("creditGrantRateCard rate cards are not supported yet"), "{err}");
+    assert!(err.contains("extra.yaml") && err.contains("named licenses are not supported yet"), "{err}");
+    assert!(err.contains("creditGrantRateCard") && err.contains("grantDetails"), "{err}");
 }
 
 #[test]

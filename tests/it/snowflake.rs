@@ -185,3 +185,50 @@ fn snowflake_lost_mid_read_fails_cleanly_and_the_same_run_then_succeeds() {
     }
     relay.wait_stopped();
 }
+
+/// Types arrive exactly: a 29-digit NUMBER, microsecond NTZ / TZ timestamps, a DATE, a BOOLEAN
+/// dimension, NULLs. (A timestamp finer than a microsecond is a bad record, not a truncation: a unit
+/// test of `snowflake.rs`, since the emulator's timestamps are microseconds.)
+#[test]
+fn snowflake_values_are_exact() {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Decimal128Type, TimestampMicrosecondType};
+    let schema = unique("T").to_uppercase();
+    sf_exec(
+        &schema,
+        &serde_json::json!([
+            {"sql": "CREATE TABLE T (k INT, event_id VARCHAR, ts TIMESTAMP_NTZ(9), tz TIMESTAMP_TZ, d DATE, amount NUMBER(38, 9), flag BOOLEAN)"},
+            {"sql": "INSERT INTO T VALUES (1, 'e1', '2026-10-01 00:00:00.123456', '2026-10-01 02:00:00+02:00', '2026-10-02', 12345678901234567890.123456789, TRUE), \
+                     (2, 'e2', '2026-10-01 00:00:01', NULL, NULL, NULL, NULL), \
+                     (3, 'e3', '2026-10-03 00:00:00', NULL, NULL, -0.000000001, FALSE)"},
+        ]),
+    );
+    let cfg: billrun_connectors::SourceConfig = toml::from_str(&format!(
+        "type = \"snowflake\"\nname = \"t\"\naccount = \"{}\"\nuser = \"{}\"\nprivate_key_file = \"{}\"\nurl = \"{}\"\ndatabase = \"{}\"\nschema = \"{schema}\"\n\
+         query = \"SELECT event_id AS \\\"id\\\", 'x' AS \\\"schemaName\\\", 'acct' AS \\\"accountId\\\", ts AS \\\"timestamp\\\", tz AS \\\"ingestedAt\\\", amount AS \\\"attributes.amount\\\", flag AS \\\"dimensions.flag\\\" FROM T ORDER BY k\"\n",
+        env("BILLRUN_TEST_SF_ACCOUNT"),
+        env("BILLRUN_TEST_SF_USER"),
+        env("BILLRUN_TEST_SF_PRIVATE_KEY_FILE"),
+        env("BILLRUN_TEST_SF_URL"),
+        env("BILLRUN_TEST_SF_DATABASE"),
+    ))
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let out = rt.block_on(billrun_connectors::read_source(&cfg, &billrun_connectors::ReadWindow::default())).unwrap();
+    assert!(out.bad_records.is_empty(), "{:?}", out.bad_records);
+    let b = &out.batches[0];
+    billrun_connectors::schema::check_canonical(b).unwrap();
+    assert_eq!(b.num_rows(), 3);
+    let ts = b.column_by_name("timestamp").unwrap().as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(ts.value(0), 1_790_812_800_123_456);
+    let ing = b.column_by_name("ingested_at").unwrap().as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(ing.value(0), 1_790_812_800_000_000, "TIMESTAMP_TZ +02:00 is converted to UTC");
+    assert!(ing.is_null(1));
+    let amount = b.column_by_name("attributes.amount").unwrap().as_primitive::<Decimal128Type>();
+    assert_eq!(amount.scale(), 9);
+    assert_eq!(amount.value(0), 12_345_678_901_234_567_890_123_456_789);
+    assert!(amount.is_null(1));
+    assert_eq!(amount.value(2), -1);
+    let flag = b.column_by_name("dimensions.flag").unwrap().as_string::<i32>();
+    assert_eq!((flag.value(0), flag.is_null(1), flag.value(2)), ("true", true, "false"));
+}

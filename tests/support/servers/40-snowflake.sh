@@ -12,6 +12,7 @@ export BILLRUN_TEST_SF_ACCOUNT=billrun_test BILLRUN_TEST_SF_USER=billrun BILLRUN
 billrun_sf_shim="$(pwd)/tests/support/snowflake/fakesnow_json.py"
 billrun_sf_key="$BILLRUN_TEST_CACHE/snowflake-rsa"
 if [ ! -f "$billrun_sf_key.p8" ] || [ ! -f "$billrun_sf_key.pub" ]; then
+  command -v openssl >/dev/null || billrun_apt_install openssl
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$billrun_sf_key.p8" 2>/dev/null
   openssl pkey -in "$billrun_sf_key.p8" -pubout -out "$billrun_sf_key.pub" 2>/dev/null
 fi
