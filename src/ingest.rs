@@ -262,11 +262,8 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
         let dtype = if numeric { numeric::dtype(scale) } else { DataType::String };
         let mut value = lit(Null {}).cast(dtype);
         for (k, (schema, key, _)) in per_schema.iter().enumerate() {
-            let (ids, vals): (Vec<String>, Vec<Option<crate::catalog::SettingValue>>) = catalog
-                .accounts
-                .values()
-                .map(|a| (a.id.clone(), catalog.setting_for(a, key).map(|s| s.value.clone())))
-                .unzip();
+            let (ids, vals): (Vec<String>, Vec<Option<crate::catalog::SettingValue>>) =
+                catalog.accounts.values().map(|a| (a.id.clone(), catalog.setting_for(a, key).map(|s| s.value.clone()))).unzip();
             let c = format!("__dep_{n}_{k}");
             let values: Column = if numeric {
                 let m: Int128Chunked = vals

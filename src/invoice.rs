@@ -17,8 +17,8 @@ use crate::catalog::{
     CardRates, Catalog, CreditGrantCard, Customer, EntitlementCard, Expiry, FeeKind, FixedFeeCard, LicenseCard, PricePlan, PricingModel,
     Timing,
 };
-use crate::handoff::{CreditGrant, Handoff, Refund};
 use crate::config::Organization;
+use crate::handoff::{CreditGrant, Handoff, Refund};
 use crate::ingest::Usage;
 use crate::money::{format_amount, format_exact, round_line, round_ratio, Currency};
 use crate::rate::{rate_plan, rate_usage, CardCharge};
@@ -257,6 +257,39 @@ fn fixed_fee_line(ff: &FixedFeeCard, w: &Window, cur: &Currency, org: &Organizat
     Some((line, amount))
 }
 
+/// The slab split of a charge as child lines of `kind` (exact values: they explain the line).
+fn slab_lines(kind: &str, ch: &CardCharge) -> Vec<LineItem> {
+    ch.slabs
+        .iter()
+        .map(|sl| {
+            let mut c = LineItem::new(kind, slab_description(sl), format_exact(sl.revenue));
+            c.quantity = Some(format_exact(sl.quantity));
+            c.value_per_quantity = Some(format_exact(sl.rate));
+            c
+        })
+        .collect()
+}
+
+/// A card line billed at its rate-plan charge, rounded once: key as id, the quantity, the exact
+/// value and the slab split (credit grants, entitlements, overage).
+fn plan_line(
+    kind: &str,
+    slab_kind: &str,
+    description: &str,
+    key: &str,
+    ch: &CardCharge,
+    cur: &Currency,
+    org: &Organization,
+) -> (LineItem, Decimal) {
+    let amount = round_line(ch.exact, cur, org.rounding);
+    let mut line = LineItem::new(kind, description, format_amount(amount, cur));
+    line.id = Some(key.to_string());
+    line.quantity = Some(format_exact(ch.quantity));
+    line.metadata.insert("exactValue".into(), format_exact(ch.exact));
+    line.line_items = slab_lines(slab_kind, ch);
+    (line, amount)
+}
+
 /// A license card's line from its slab pricing of one quantity (children: the slab split).
 fn license_line(kind: &str, lc: &LicenseCard, ch: &CardCharge, amount: Decimal, cur: &Currency) -> LineItem {
     let mut line = LineItem::new(kind, &lc.display_name, format_amount(amount, cur));
@@ -264,12 +297,7 @@ fn license_line(kind: &str, lc: &LicenseCard, ch: &CardCharge, amount: Decimal, 
     line.quantity = Some(format_exact(ch.quantity));
     line.metadata.insert("addOnId".into(), lc.addon_id.clone());
     line.metadata.insert("exactValue".into(), format_exact(ch.exact));
-    for sl in &ch.slabs {
-        let mut c = LineItem::new("LICENSE_RATE_CARD_SLAB_AMOUNT", slab_description(sl), format_exact(sl.revenue));
-        c.quantity = Some(format_exact(sl.quantity));
-        c.value_per_quantity = Some(format_exact(sl.rate));
-        line.line_items.push(c);
-    }
+    line.line_items = slab_lines("LICENSE_RATE_CARD_SLAB_AMOUNT", ch);
     line
 }
 
@@ -572,21 +600,11 @@ fn credit_grant(
     }
     let price = g.prices.get(&cur.code)?;
     let ch = rate_plan(g.model, &price.slabs, &price.rates, price.credits);
-    let amount = round_line(ch.exact, cur, org.rounding);
     let line_kind = if g.timing == Timing::InAdvance { "ADVANCED_CREDIT_GRANT_RATE_CARD_AMOUNT" } else { "CREDIT_GRANT_RATE_CARD_AMOUNT" };
     let key = crate::catalog::grants::grant_key(g);
-    let mut line = LineItem::new(line_kind, &g.display_name, format_amount(amount, cur));
-    line.id = Some(key.clone());
-    line.quantity = Some(format_exact(price.credits));
+    let (mut line, amount) = plan_line(line_kind, "CREDIT_GRANT_RATE_CARD_SLAB_AMOUNT", &g.display_name, &key, &ch, cur, org);
     line.metadata.insert("addOnId".into(), g.addon_id.clone());
     line.metadata.insert("creditAmount".into(), format_exact(price.credits));
-    line.metadata.insert("exactValue".into(), format_exact(ch.exact));
-    for sl in &ch.slabs {
-        let mut c = LineItem::new("CREDIT_GRANT_RATE_CARD_SLAB_AMOUNT", slab_description(sl), format_exact(sl.revenue));
-        c.quantity = Some(format_exact(sl.quantity));
-        c.value_per_quantity = Some(format_exact(sl.rate));
-        line.line_items.push(c);
-    }
     let effective_until = match g.expiry {
         Expiry::PricingCycle => Some(w.end),
         Expiry::NoExpiry => None,
@@ -615,24 +633,14 @@ fn credit_grant(
 fn entitlement_line(e: &EntitlementCard, cur: &Currency, org: &Organization) -> Option<CardState<'static>> {
     let rates = e.rates.get(&cur.code)?;
     let ch = rate_plan(e.model, &e.slabs, rates, e.limit);
-    let amount = round_line(ch.exact, cur, org.rounding);
     let line_kind = if e.timing == Timing::InAdvance {
         "ADVANCED_BILLING_ENTITLEMENT_RATE_CARD_AMOUNT"
     } else {
         "BILLING_ENTITLEMENT_RATE_CARD_AMOUNT"
     };
     let key = crate::catalog::grants::entitlement_key(e);
-    let mut line = LineItem::new(line_kind, &e.display_name, format_amount(amount, cur));
-    line.id = Some(key.clone());
-    line.quantity = Some(format_exact(e.limit));
+    let (mut line, amount) = plan_line(line_kind, "BILLING_ENTITLEMENT_RATE_CARD_SLAB_AMOUNT", &e.display_name, &key, &ch, cur, org);
     line.metadata.insert("featureId".into(), e.feature_id.clone());
-    line.metadata.insert("exactValue".into(), format_exact(ch.exact));
-    for sl in &ch.slabs {
-        let mut c = LineItem::new("BILLING_ENTITLEMENT_RATE_CARD_SLAB_AMOUNT", slab_description(sl), format_exact(sl.revenue));
-        c.quantity = Some(format_exact(sl.quantity));
-        c.value_per_quantity = Some(format_exact(sl.rate));
-        line.line_items.push(c);
-    }
     Some((key, line, amount, None))
 }
 
@@ -712,21 +720,19 @@ fn arrears_invoice(
         if let (Some(oc), Some((billed, _))) = (plan.overage_cards.iter().find(|o| o.feature_id == f), overage) {
             let Some(rates) = oc.rates.get(&cur.code) else { continue };
             let ch = rate_plan(oc.model, &oc.slabs, rates, billed);
-            let amount = round_line(ch.exact, cur, org.rounding);
             let key = crate::catalog::grants::overage_key(oc);
-            let mut line = LineItem::new("ENTITLEMENT_OVERAGE_RATE_CARD_AMOUNT", &oc.display_name, format_amount(amount, cur));
-            line.id = Some(key.clone());
-            line.quantity = Some(format_exact(billed));
+            let (mut line, amount) = plan_line(
+                "ENTITLEMENT_OVERAGE_RATE_CARD_AMOUNT",
+                "ENTITLEMENT_OVERAGE_RATE_CARD_SLAB_AMOUNT",
+                &oc.display_name,
+                &key,
+                &ch,
+                cur,
+                org,
+            );
             line.metadata.insert("featureId".into(), f.to_string());
             line.metadata.insert("featureUsage".into(), format_exact(fu.consumed));
             line.metadata.insert("featureCreditsUsed".into(), format_exact(fu.covered));
-            line.metadata.insert("exactValue".into(), format_exact(ch.exact));
-            for sl in &ch.slabs {
-                let mut c = LineItem::new("ENTITLEMENT_OVERAGE_RATE_CARD_SLAB_AMOUNT", slab_description(sl), format_exact(sl.revenue));
-                c.quantity = Some(format_exact(sl.quantity));
-                c.value_per_quantity = Some(format_exact(sl.rate));
-                line.line_items.push(c);
-            }
             cards.push((key, line, amount, None));
         }
     }

@@ -217,10 +217,13 @@ fn check_handoff(hand: &Hand, report: &RunReport, problems: &mut Vec<String>) {
         }
     }
     for h in &hand.refund {
-        let found = all
-            .refunds
-            .iter()
-            .any(|r| r.account_id == h.account && r.add_on_id == h.add_on && r.date.to_string() == h.date && r.mode == h.mode && same(&r.amount, &h.amount));
+        let found = all.refunds.iter().any(|r| {
+            r.account_id == h.account
+                && r.add_on_id == h.add_on
+                && r.date.to_string() == h.date
+                && r.mode == h.mode
+                && same(&r.amount, &h.amount)
+        });
         if !found {
             problems.push(format!("hand.toml: no refund {h:?} (produced: {:?})", all.refunds));
         }

@@ -325,7 +325,10 @@ pub(super) fn entitlement_card(
     let [fc] = c.feature_configs.as_slice() else {
         d.push(o.diag(
             &format!("{sub}.featureConfigs"),
-            format!("exactly one feature config is supported (found {}); several grants per cycle are not supported yet", c.feature_configs.len()),
+            format!(
+                "exactly one feature config is supported (found {}); several grants per cycle are not supported yet",
+                c.feature_configs.len()
+            ),
         ));
         return None;
     };
@@ -438,7 +441,9 @@ pub(super) fn features(
         for (s, a) in &f.consumers {
             let ok = cat.event_schemas.get(s).is_some_and(|x| x.attributes.contains(a));
             if let (false, Some(o)) = (ok, origins.get(&f.id)) {
-                d.push(o.diag("", format!("feature `{}` is consumed by attribute `{a}` of event schema `{s}`, which is not declared", f.id)));
+                d.push(
+                    o.diag("", format!("feature `{}` is consumed by attribute `{a}` of event schema `{s}`, which is not declared", f.id)),
+                );
             }
         }
     }

@@ -1054,6 +1054,9 @@ fn address_map(a: Option<RawAddress>) -> BTreeMap<String, String> {
     m
 }
 
+/// A granting card awaiting validation: (kind, path, rate card displayName, tag, details).
+type GrantingCard = (GrantKind, String, Option<String>, Option<String>, Value);
+
 #[derive(Debug, Clone, Copy)]
 enum GrantKind {
     Credit,
@@ -1097,7 +1100,7 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
     let mut fixed = Vec::new();
     let mut minimum: Option<(String, Option<String>, Value)> = None;
     let mut licenses: Vec<(String, Option<String>, Option<String>, &RawLicenseRateCard)> = Vec::new();
-    let mut granting: Vec<(GrantKind, String, Option<String>, Option<String>, Value)> = Vec::new();
+    let mut granting: Vec<GrantingCard> = Vec::new();
     let (cycle_raw, currencies, cycle_sub) = match (&p.rate_cards, &p.price_plan_details) {
         (Some(cards), None) => {
             for (i, c) in cards.iter().enumerate() {
@@ -1170,9 +1173,17 @@ fn validate_plan(o: &Origin, p: RawPricePlan, cat: &Catalog, d: &mut Diagnostics
                         c.tag.clone(),
                         det.entitlement_overage_rate_card.clone().expect("checked"),
                     )),
-                    ("USAGE" | "FIXED_FEE" | "MINIMUM_COMMITMENT" | "LICENSE" | "CREDIT_GRANT" | "BILLING_ENTITLEMENT" | "ENTITLEMENT_OVERAGE", _, _) => {
-                        d.push(o.diag(&format!("{sub}.type"), format!("type {} does not match its rateCardDetails", c.kind)))
-                    }
+                    (
+                        "USAGE"
+                        | "FIXED_FEE"
+                        | "MINIMUM_COMMITMENT"
+                        | "LICENSE"
+                        | "CREDIT_GRANT"
+                        | "BILLING_ENTITLEMENT"
+                        | "ENTITLEMENT_OVERAGE",
+                        _,
+                        _,
+                    ) => d.push(o.diag(&format!("{sub}.type"), format!("type {} does not match its rateCardDetails", c.kind))),
                     (other, _, _) => d.push(o.diag(&format!("{sub}.type"), format!("unknown rate card type `{other}`"))),
                 }
             }
@@ -1684,15 +1695,15 @@ fn validate_enrichments(o: &Origin, raw: &Value, schema: &mut EventSchema, setti
             d.push(o.diag(&format!("{sub}.type"), format!("unknown dependency type `{}`, expected SETTING", dep.kind)));
             continue;
         }
-        let kinds: BTreeSet<bool> = settings
-            .iter()
-            .filter(|s| s.key == dep.key || s.id == dep.key)
-            .map(|s| matches!(s.value, SettingValue::Numeric(_)))
-            .collect();
+        let kinds: BTreeSet<bool> =
+            settings.iter().filter(|s| s.key == dep.key || s.id == dep.key).map(|s| matches!(s.value, SettingValue::Numeric(_))).collect();
         let numeric = match kinds.len() {
             1 => kinds.contains(&true),
             0 => {
-                d.push(o.diag(&format!("{sub}.key"), format!("no setting `{}` (keys are `setting.<namespace>.<name>` or a setting id)", dep.key)));
+                d.push(o.diag(
+                    &format!("{sub}.key"),
+                    format!("no setting `{}` (keys are `setting.<namespace>.<name>` or a setting id)", dep.key),
+                ));
                 continue;
             }
             _ => {
