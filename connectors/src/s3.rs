@@ -1,5 +1,6 @@
 //! S3 (and S3-compatible servers) through `object_store`'s `AmazonS3`: a usage source over
-//! date-partitioned prefixes, read with the same decoders as local files, and a store (sink).
+//! date-partitioned prefixes, read with the same decoders as local files, and a store
+//! ([`S3Store`]).
 //!
 //! **Partition pruning.** With `partition = "dt={YYYY}-{MM}-{DD}"` (tokens `{YYYY}`, `{MM}`,
 //! `{DD}`, any literal text and `/`), the source lists only `prefix/<partition of day>/` for every
@@ -24,6 +25,7 @@ use crate::error::{ConnectorError, ErrorKind};
 use crate::file::{read_objects, validate_mapping, ColumnMapping, FileFormat, ObjectSource, SourceOutput};
 use crate::source::ReadWindow;
 use crate::sql::Secret;
+use crate::store::{Created, Store, StoreLock, LOCK_NAME};
 
 pub const CONNECTOR: &str = "s3";
 
@@ -253,22 +255,6 @@ pub async fn read_s3(cfg: &S3SourceConfig, window: &ReadWindow) -> Result<Source
 
 // ------------------------------------------------------------------------------------- store
 
-/// A store the core writes a run's outputs to: `put` every file, the manifest last, then
-/// `commit`. Dropped without `commit`, nothing of the run is visible as complete.
-pub trait Store {
-    fn put(&mut self, key: &str, bytes: &[u8]) -> Result<(), ConnectorError>;
-    fn commit(self: Box<Self>) -> Result<(), ConnectorError>;
-}
-
-impl Store for crate::store::Staging {
-    fn put(&mut self, key: &str, bytes: &[u8]) -> Result<(), ConnectorError> {
-        crate::store::Staging::put(self, key, bytes)
-    }
-    fn commit(self: Box<Self>) -> Result<(), ConnectorError> {
-        crate::store::Staging::commit(*self)
-    }
-}
-
 /// `[store] type = "s3"`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -315,91 +301,211 @@ impl S3StoreConfig {
     }
 }
 
-/// Name of the object (under the store prefix) naming the last committed run.
-pub const LATEST: &str = "LATEST";
-/// Name of the marker written last in a run's prefix.
-pub const COMMITTED: &str = "_COMMITTED";
+// --------------------------------------------------------------------- incremental S3 store
 
-/// A run being written to S3 under `prefix/runs/<run_id>/`. Objects are written as they come
-/// (the core writes the manifest last); `commit` then writes `_COMMITTED` with a create-only
-/// conditional put — two runs with the same id cannot both commit — and points
-/// `prefix/LATEST` at the run. Dropped without `commit`, the run's objects are deleted.
-pub struct S3Staging {
+const STORE_CONNECTOR: &str = "s3 store";
+
+/// A [`Store`] in an S3 bucket (or an S3-compatible server), every key under `cfg.prefix`.
+///
+/// `put` is a plain PUT (S3 replaces objects whole), `put_if_absent` a conditional create
+/// (`If-None-Match: *`, which the server must support: AWS S3, MinIO, R2 and moto do).
+///
+/// The lock is the object `<prefix>/.billrun.lock`, created with `put_if_absent` and holding
+/// `{"pid", "host", "startedAt"}` of its holder; the guard deletes it when dropped. S3 knows
+/// nothing of processes: **a run that is killed (or loses the network) leaves the lock object
+/// behind**, and the next run refuses to start with an error naming the object and its
+/// content; an operator deletes it once sure no run is active.
+///
+/// It owns a current-thread Tokio runtime and blocks on it: it must not be opened, used or
+/// dropped (nor its lock guard dropped) from inside a Tokio runtime.
+pub struct S3Store {
+    inner: Arc<S3StoreInner>,
+}
+
+/// What an [`S3Store`] and its lock guard share.
+struct S3StoreInner {
     store: AmazonS3,
     conn: S3Connection,
-    run_prefix: String,
+    /// The prefix without leading/trailing `/` ("" = the bucket root).
     base: String,
-    written: Vec<Path>,
-    committed: bool,
     rt: tokio::runtime::Runtime,
 }
 
-impl S3Staging {
-    /// Start a run. Must not be called from inside a Tokio runtime (it owns one to block on).
-    pub fn begin(cfg: &S3StoreConfig, run_id: &str) -> Result<S3Staging, ConnectorError> {
-        let base = cfg.prefix.trim_matches('/').to_string();
-        let run_prefix = if base.is_empty() { format!("runs/{run_id}") } else { format!("{base}/runs/{run_id}") };
+/// The lock of an [`S3Store`]: deletes the lock object when dropped, if it is still ours.
+struct S3Lock {
+    inner: Arc<S3StoreInner>,
+    full: String,
+    body: Vec<u8>,
+}
+
+impl StoreLock for S3Lock {}
+
+impl Drop for S3Lock {
+    fn drop(&mut self) {
+        let url = self.inner.conn.url(&self.full);
+        match self.inner.get_full(&self.full) {
+            Ok(Some(b)) if b == self.body => {
+                if let Err(e) = self.inner.delete_full(&self.full) {
+                    tracing::warn!(lock = %url, error = %e, "s3 store: could not release the lock; delete the lock object once you are sure no run is active");
+                }
+            }
+            Ok(_) => tracing::warn!(lock = %url, "s3 store: the lock object was removed or replaced while this run held it; left as it is"),
+            Err(e) => {
+                tracing::warn!(lock = %url, error = %e, "s3 store: could not release the lock; delete the lock object once you are sure no run is active")
+            }
+        }
+    }
+}
+
+impl S3StoreInner {
+    /// The object key of a store key (or of a key prefix; "" = the store prefix itself).
+    fn full(&self, rel: &str) -> String {
+        match (self.base.is_empty(), rel.is_empty()) {
+            (true, _) => rel.to_string(),
+            (false, true) => self.base.clone(),
+            (false, false) => format!("{}/{rel}", self.base),
+        }
+    }
+
+    fn error(&self, full: &str, kind: ErrorKind, m: impl Into<String>) -> ConnectorError {
+        ConnectorError::new(STORE_CONNECTOR, "store", self.conn.url(full), kind, m)
+    }
+
+    /// The checked object key of a store key.
+    fn key(&self, key: &str) -> Result<(String, Path), ConnectorError> {
+        crate::store::check_key(key).map_err(|m| self.error(&self.base, ErrorKind::Config, m))?;
+        let full = self.full(key);
+        let path = Path::parse(&full).map_err(|e| self.error(&full, ErrorKind::Config, format!("not a valid object key: {e}")))?;
+        Ok((full, path))
+    }
+
+    fn get_full(&self, full: &str) -> Result<Option<Vec<u8>>, ConnectorError> {
+        let path = Path::parse(full).map_err(|e| self.error(full, ErrorKind::Config, format!("not a valid object key: {e}")))?;
+        let got = self.rt.block_on(async { self.store.get(&path).await?.bytes().await });
+        match got {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(full, ErrorKind::Io, format!("cannot read: {e}"))),
+        }
+    }
+
+    fn put_full(&self, full: &str, path: &Path, bytes: &[u8], mode: PutMode) -> Result<Created, ConnectorError> {
+        let opts = PutOptions { mode, ..Default::default() };
+        match self.rt.block_on(self.store.put_opts(path, PutPayload::from(bytes.to_vec()), opts)) {
+            Ok(_) => Ok(Created::Created),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::NotModified { .. },
+            ) => Ok(Created::AlreadyExists),
+            Err(e) => Err(self.error(full, ErrorKind::Io, format!("cannot write: {e}"))),
+        }
+    }
+
+    fn delete_full(&self, full: &str) -> Result<(), ConnectorError> {
+        let path = Path::parse(full).map_err(|e| self.error(full, ErrorKind::Config, format!("not a valid object key: {e}")))?;
+        match self.rt.block_on(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(full, ErrorKind::Io, format!("cannot delete: {e}"))),
+        }
+    }
+}
+
+impl S3Store {
+    /// Connect to the store of `cfg` (no request is made yet). Must not be called from inside a
+    /// Tokio runtime (it owns one to block on).
+    pub fn open(cfg: &S3StoreConfig) -> Result<S3Store, ConnectorError> {
         let conn = cfg.conn();
-        let err = |m: String| ConnectorError::new("s3 store", "store", conn.url(&run_prefix), ErrorKind::Config, m);
-        crate::store::check_key(run_id).map_err(err)?;
+        let base = cfg.prefix.trim_matches('/').to_string();
+        let err = |m: String| ConnectorError::new(STORE_CONNECTOR, "store", conn.url(&base), ErrorKind::Config, m);
+        if !base.is_empty() {
+            crate::store::check_key(&base).map_err(|m| err(format!("the store prefix: {m}")))?;
+            Path::parse(&base).map_err(|e| err(format!("the store prefix is not a valid object key: {e}")))?;
+        }
         let store = conn.build().map_err(err)?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| err(e.to_string()))?;
-        Ok(S3Staging { store, conn: conn.clone(), run_prefix, base, written: Vec::new(), committed: false, rt })
+        Ok(S3Store { inner: Arc::new(S3StoreInner { store, conn, base, rt }) })
+    }
+}
+
+impl Store for S3Store {
+    fn describe(&self) -> String {
+        self.inner.conn.url(&self.inner.base).trim_end_matches('/').to_string()
     }
 
-    /// The key prefix of this run (`prefix/runs/<run_id>`).
-    pub fn run_prefix(&self) -> &str {
-        &self.run_prefix
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ConnectorError> {
+        let (full, _) = self.inner.key(key)?;
+        self.inner.get_full(&full)
     }
 
-    fn error(&self, key: &str, m: impl Into<String>) -> ConnectorError {
-        ConnectorError::new("s3 store", "store", self.conn.url(key), ErrorKind::Io, m)
-    }
-
-    fn put_opts(&mut self, key: String, bytes: &[u8], mode: PutMode) -> Result<(), ConnectorError> {
-        let path = Path::from(key.as_str());
-        let payload = PutPayload::from(bytes.to_vec());
-        let opts = PutOptions { mode, ..Default::default() };
-        self.rt.block_on(self.store.put_opts(&path, payload, opts)).map_err(|e| match e {
-            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
-                self.error(&key, "already exists: another run with the same id committed first")
-            }
-            e => self.error(&key, format!("cannot write: {e}")),
+    fn list(&self, prefix: &str) -> Result<Vec<String>, ConnectorError> {
+        let i = &self.inner;
+        let dir = crate::store::prefix_dir(prefix).map_err(|m| i.error(&i.base, ErrorKind::Config, m))?;
+        if crate::store::is_hidden(dir) {
+            return Ok(Vec::new());
+        }
+        let full_dir = i.full(dir);
+        let path = if full_dir.is_empty() {
+            None
+        } else {
+            Some(Path::parse(&full_dir).map_err(|e| i.error(&full_dir, ErrorKind::Config, format!("not a valid key prefix: {e}")))?)
+        };
+        let listed: Vec<ObjectMeta> = i.rt.block_on(i.store.list(path.as_ref()).try_collect()).map_err(|e| {
+            let loc = if full_dir.is_empty() { String::new() } else { format!("{full_dir}/") };
+            i.error(&loc, ErrorKind::Io, format!("cannot list objects: {e}"))
         })?;
-        self.written.push(path);
-        Ok(())
+        let strip = if i.base.is_empty() { String::new() } else { format!("{}/", i.base) };
+        let mut out: Vec<String> = listed
+            .iter()
+            .filter_map(|m| m.location.as_ref().strip_prefix(strip.as_str()))
+            .filter(|k| k.starts_with(prefix) && !crate::store::is_hidden(k) && crate::store::check_key(k).is_ok())
+            .map(str::to_string)
+            .collect();
+        out.sort();
+        Ok(out)
     }
-}
 
-impl Store for S3Staging {
-    fn put(&mut self, key: &str, bytes: &[u8]) -> Result<(), ConnectorError> {
-        crate::store::check_key(key).map_err(|m| self.error(&self.run_prefix, m))?;
-        let full = format!("{}/{key}", self.run_prefix);
-        self.put_opts(full, bytes, PutMode::Overwrite)
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), ConnectorError> {
+        let (full, path) = self.inner.key(key)?;
+        self.inner.put_full(&full, &path, bytes, PutMode::Overwrite).map(|_| ())
     }
 
-    fn commit(mut self: Box<Self>) -> Result<(), ConnectorError> {
-        let marker = format!("{}/{COMMITTED}", self.run_prefix);
-        self.put_opts(marker, b"", PutMode::Create)?;
-        self.committed = true;
-        let latest = if self.base.is_empty() { LATEST.to_string() } else { format!("{}/{LATEST}", self.base) };
-        let body = format!("{}\n", self.run_prefix);
-        self.put_opts(latest, body.as_bytes(), PutMode::Overwrite)?;
-        tracing::info!(bucket = %self.conn.bucket, run = %self.run_prefix, objects = self.written.len(), "s3 store: run committed");
-        Ok(())
+    fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<Created, ConnectorError> {
+        let (full, path) = self.inner.key(key)?;
+        self.inner.put_full(&full, &path, bytes, PutMode::Create)
     }
-}
 
-impl Drop for S3Staging {
-    fn drop(&mut self) {
-        if self.committed {
-            return;
-        }
-        for p in std::mem::take(&mut self.written) {
-            if let Err(e) = self.rt.block_on(self.store.delete(&p)) {
-                tracing::warn!(key = %p, error = %e, "s3 store: could not remove an object of an uncommitted run");
+    fn delete(&self, key: &str) -> Result<(), ConnectorError> {
+        let (full, _) = self.inner.key(key)?;
+        self.inner.delete_full(&full)
+    }
+
+    fn lock(&self) -> Result<Box<dyn StoreLock>, ConnectorError> {
+        let i = &self.inner;
+        let full = i.full(LOCK_NAME);
+        let path = Path::parse(&full).map_err(|e| i.error(&full, ErrorKind::Config, format!("not a valid object key: {e}")))?;
+        let mut body = crate::store::holder_json().into_bytes();
+        body.push(b'\n');
+        // the holder may release the lock between our create and our read: then try again
+        for _ in 0..3 {
+            if i.put_full(&full, &path, &body, PutMode::Create)? == Created::Created {
+                tracing::debug!(lock = %i.conn.url(&full), "s3 store: locked");
+                return Ok(Box::new(S3Lock { inner: Arc::clone(&self.inner), full, body }));
+            }
+            if let Some(holder) = i.get_full(&full)? {
+                return Err(i.error(
+                    &full,
+                    ErrorKind::Io,
+                    format!(
+                        "another run is writing this store: the lock object {} exists ({}). S3 does not release it when a \
+                         run dies: if that run was killed, delete it once you are sure no run is active",
+                        i.conn.url(&full),
+                        crate::store::describe_holder(&holder)
+                    ),
+                ));
             }
         }
+        Err(i.error(&full, ErrorKind::Io, "another run is writing this store: its lock object keeps appearing and disappearing"))
     }
 }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use billrun_connectors::s3::{read_s3, S3SourceConfig, S3Staging, S3StoreConfig, Store, COMMITTED, LATEST};
+use billrun_connectors::s3::{read_s3, S3SourceConfig, S3Store, S3StoreConfig};
+use billrun_connectors::store::{Created, Store};
 use billrun_connectors::{parse_timestamp_micros, ReadWindow};
 use common::{s3_keys, s3_store, unique};
 use object_store::path::Path;
@@ -119,35 +120,124 @@ async fn keys(prefix: &str) -> Vec<String> {
 }
 
 #[test]
-fn the_store_writes_a_run_prefix_manifest_last_commits_once_and_cleans_up_failed_runs() {
-    let p = unique("store");
+fn the_incremental_store_puts_gets_lists_and_deletes_whole_objects_under_its_prefix() {
+    let p = unique("incr");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    // a failed run (dropped before commit) leaves nothing
-    let mut s: Box<dyn Store> = Box::new(S3Staging::begin(&store_cfg(&p), "2026-11-06").unwrap());
-    s.put("invoices/acme/inv.json", b"{}").unwrap();
-    drop(s);
-    assert!(rt.block_on(keys(&p)).is_empty());
-
-    let mut s: Box<dyn Store> = Box::new(S3Staging::begin(&store_cfg(&p), "2026-11-06").unwrap());
-    s.put("invoices/acme/inv.json", b"{\"a\":1}").unwrap();
-    s.put("manifest.json", b"{}").unwrap();
-    s.commit().unwrap();
+    let b = std::env::var("BILLRUN_TEST_S3_BUCKET").unwrap();
+    let s = S3Store::open(&store_cfg(&format!("/{p}/"))).unwrap();
+    assert_eq!(s.describe(), format!("s3://{b}/{p}"));
+    assert_eq!(s.get("ledger/2026-10.json").unwrap(), None);
+    assert!(s.list("").unwrap().is_empty());
+    for k in
+        ["ledger/2026-10.json", "drafts/b.json", "drafts/a.json", "drafts/sub/c.json", "draftsy.json", "z.json", "invoices/acct%2F1/x.json"]
+    {
+        s.put(k, k.as_bytes()).unwrap();
+    }
+    s.put("z.json", b"second").unwrap();
+    assert_eq!(s.get("z.json").unwrap().unwrap(), b"second");
+    assert_eq!(s.get("invoices/acct%2F1/x.json").unwrap().unwrap(), b"invoices/acct%2F1/x.json");
+    // objects of a neighbouring prefix and hidden ones are not the store's keys
+    rt.block_on(put(&format!("{p}x/other.json"), b"{}".to_vec()));
+    rt.block_on(put(&format!("{p}/drafts/.tmp/d.json"), b"{}".to_vec()));
     assert_eq!(
-        rt.block_on(keys(&p)),
+        s.list("").unwrap(),
         [
-            format!("{p}/{LATEST}"),
-            format!("{p}/runs/2026-11-06/{COMMITTED}"),
-            format!("{p}/runs/2026-11-06/invoices/acme/inv.json"),
-            format!("{p}/runs/2026-11-06/manifest.json")
+            "drafts/a.json",
+            "drafts/b.json",
+            "drafts/sub/c.json",
+            "draftsy.json",
+            "invoices/acct%2F1/x.json",
+            "ledger/2026-10.json",
+            "z.json"
         ]
     );
-    let latest = rt.block_on(async { s3_store().get(&Path::from(format!("{p}/{LATEST}"))).await.unwrap().bytes().await.unwrap() });
-    assert_eq!(&latest[..], format!("{p}/runs/2026-11-06\n").as_bytes());
+    assert_eq!(s.list("drafts/").unwrap(), ["drafts/a.json", "drafts/b.json", "drafts/sub/c.json"]);
+    assert_eq!(s.list("drafts").unwrap(), ["drafts/a.json", "drafts/b.json", "drafts/sub/c.json", "draftsy.json"]);
+    assert_eq!(s.list("drafts/s").unwrap(), ["drafts/sub/c.json"]);
+    assert!(s.list("nothing/").unwrap().is_empty());
+    // keys are stored verbatim under the prefix
+    assert!(rt.block_on(keys(&p)).contains(&format!("{p}/invoices/acct%2F1/x.json")));
+    s.delete("drafts/a.json").unwrap();
+    s.delete("drafts/a.json").unwrap(); // absent is fine
+    assert_eq!(s.get("drafts/a.json").unwrap(), None);
+    assert_eq!(s.list("drafts/").unwrap(), ["drafts/b.json", "drafts/sub/c.json"]);
+    for k in ["../x", "a//b", "/etc/passwd", ""] {
+        let e = s.put(k, b"x").unwrap_err().to_string();
+        assert!(e.starts_with(&format!("s3 store source `store`: s3://{b}/{p}: store key")), "{e}");
+        assert!(s.get(k).is_err() && s.delete(k).is_err() && s.put_if_absent(k, b"x").is_err() && s.list(&format!("{k}/")).is_err(), "{k}");
+    }
+    // a store at the bucket root sees every key of the bucket, the prefix included
+    let root = S3Store::open(&store_cfg("")).unwrap();
+    assert_eq!(root.describe(), format!("s3://{b}"));
+    assert_eq!(root.list(&format!("{p}/drafts/")).unwrap(), [format!("{p}/drafts/b.json"), format!("{p}/drafts/sub/c.json")]);
+}
 
-    // a second run with the same id cannot commit over the first
-    let mut s: Box<dyn Store> = Box::new(S3Staging::begin(&store_cfg(&p), "2026-11-06").unwrap());
-    s.put("manifest.json", b"{\"second\":true}").unwrap();
-    let e = s.commit().unwrap_err().to_string();
-    assert!(e.contains("already exists"), "{e}");
-    assert!(S3Staging::begin(&store_cfg(&p), "../x").is_err());
+#[test]
+fn the_incremental_store_creates_once() {
+    let p = unique("incr");
+    let s = S3Store::open(&store_cfg(&p)).unwrap();
+    assert_eq!(s.put_if_absent("ledger/0001.json", b"first").unwrap(), Created::Created);
+    assert_eq!(s.put_if_absent("ledger/0001.json", b"second").unwrap(), Created::AlreadyExists);
+    let other = S3Store::open(&store_cfg(&p)).unwrap();
+    assert_eq!(other.put_if_absent("ledger/0001.json", b"third").unwrap(), Created::AlreadyExists);
+    assert_eq!(s.get("ledger/0001.json").unwrap().unwrap(), b"first");
+}
+
+#[test]
+fn the_incremental_store_lock_is_exclusive_names_its_object_and_is_released_on_drop() {
+    let p = unique("incr");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let b = std::env::var("BILLRUN_TEST_S3_BUCKET").unwrap();
+    let s = S3Store::open(&store_cfg(&p)).unwrap();
+    let other = S3Store::open(&store_cfg(&p)).unwrap();
+    let guard = s.lock().unwrap();
+    let lock_url = format!("s3://{b}/{p}/.billrun.lock");
+    let e = other.lock().err().expect("the lock is held").to_string();
+    assert!(e.starts_with(&format!("s3 store source `store`: {lock_url}: another run is writing this store")), "{e}");
+    assert!(e.contains(&format!("\"pid\":{}", std::process::id())), "the holder is named: {e}");
+    assert!(e.contains("delete it once you are sure no run is active"), "{e}");
+    assert!(s.lock().is_err(), "not reentrant");
+    assert!(s.list("").unwrap().is_empty(), "the lock object is not a key");
+    drop(guard);
+    assert!(rt.block_on(keys(&p)).is_empty(), "released: the lock object is gone");
+    let again = other.lock().unwrap();
+    assert!(s.lock().is_err());
+    drop(again);
+    drop(s.lock().unwrap());
+
+    // a lock left behind by a killed run stays until an operator deletes it
+    rt.block_on(put(&format!("{p}/.billrun.lock"), b"{\"pid\":1,\"host\":\"gone\"}\n".to_vec()));
+    let e = s.lock().err().expect("a stale lock is not taken over").to_string();
+    assert!(e.contains(&lock_url) && e.contains("\"host\":\"gone\""), "{e}");
+    rt.block_on(s3_store().delete(&Path::from(format!("{p}/.billrun.lock")))).unwrap();
+    drop(s.lock().unwrap());
+}
+
+#[test]
+fn the_incremental_store_errors_name_the_connector_and_object_and_never_a_secret() {
+    let p = unique("incr");
+    let b = std::env::var("BILLRUN_TEST_S3_BUCKET").unwrap();
+    let mut cfg = store_cfg(&p);
+    cfg.endpoint = Some(format!("http://127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()));
+    cfg.retries = 0;
+    cfg.secret_access_key = Some(billrun_connectors::sql::Secret("sEcReT-never-shown".into()));
+    let s = S3Store::open(&cfg).unwrap();
+    let errors = [
+        s.get("ledger/1.json").unwrap_err(),
+        s.put("ledger/1.json", b"x").unwrap_err(),
+        s.put_if_absent("ledger/1.json", b"x").unwrap_err(),
+        s.delete("ledger/1.json").unwrap_err(),
+        s.lock().err().unwrap(),
+    ];
+    for e in errors.iter().map(|e| e.to_string()) {
+        assert!(e.starts_with("s3 store source `store`: s3://"), "{e}");
+        assert!(!e.contains("sEcReT"), "{e}");
+    }
+    assert!(
+        errors[0].to_string().starts_with(&format!("s3 store source `store`: s3://{b}/{p}/ledger/1.json: cannot read")),
+        "{}",
+        errors[0]
+    );
+    let e = s.list("drafts/").unwrap_err().to_string();
+    assert!(e.starts_with(&format!("s3 store source `store`: s3://{b}/{p}/drafts/: cannot list objects")), "{e}");
 }
