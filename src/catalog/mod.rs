@@ -7,6 +7,7 @@
 //! account id to Togai's `AccountAlias` / `PricingScheduleWithPricePlanId` lists, the shapes of
 //! the per-account list endpoints).
 
+pub mod billing;
 pub mod grants;
 pub mod raw;
 
@@ -391,6 +392,8 @@ pub struct Catalog {
     /// Plans with versions over time (v1 `pricingSchedule`): plan id → (from, until, version plan id),
     /// sorted; each version is in `plans` as `<plan>@v<version>`.
     pub plan_versions: BTreeMap<String, Vec<(NaiveDate, Option<NaiveDate>, String)>>,
+    /// What settlement reads: credits, wallets, invoice groups, miscellaneous charges, custom invoices.
+    pub billing: billing::Billing,
 }
 
 /// Where an object came from, to point diagnostics at it.
@@ -421,6 +424,8 @@ struct RawCatalog {
     schedules: Vec<(Origin, String, RawSchedule)>,
     license_updates: Vec<(Origin, RawLicenseUpdate)>,
     settings: Vec<(Origin, RawSetting)>,
+    /// Credits, wallets, top-ups, invoice groups, miscellaneous charges, custom invoices.
+    billing: billing::RawBilling,
 }
 
 /// Settings the catalog needs from the run configuration.
@@ -487,6 +492,12 @@ const KEYS: &[&str] = &[
     "accountSchedules",
     "licenseUpdates",
     "settings",
+    "credits",
+    "wallets",
+    "walletTopups",
+    "invoiceGroups",
+    "miscellaneousCharges",
+    "customInvoices",
 ];
 
 fn de<T: DeserializeOwned>(doc: &Doc, file: &Path, path: &str, v: &Value, d: &mut Diagnostics) -> Option<T> {
@@ -521,7 +532,7 @@ fn load_file(file: &Path, text: &str, raw: &mut RawCatalog, d: &mut Diagnostics)
     for (key, value) in &top {
         let origin = |path: String| Origin { file: file.to_path_buf(), pos: doc.position(&path), path };
         match key.as_str() {
-            "accountAliases" | "accountSchedules" => {
+            "accountAliases" | "accountSchedules" | "miscellaneousCharges" => {
                 let Value::Object(map) = value else {
                     d.push(Diagnostic::new(file, key.clone(), "expected a map from account id to a list").at(doc.position(key)));
                     continue;
@@ -538,6 +549,10 @@ fn load_file(file: &Path, text: &str, raw: &mut RawCatalog, d: &mut Diagnostics)
                             if let Some(a) = de(&doc, file, &p, item, d) {
                                 raw.aliases.push((origin(p), acc.clone(), a));
                             }
+                        } else if key == "miscellaneousCharges" {
+                            if let Some(m) = de(&doc, file, &p, item, d) {
+                                raw.billing.misc_charges.push((origin(p), acc.clone(), m));
+                            }
                         } else if let Some(s) = de(&doc, file, &p, item, d) {
                             raw.schedules.push((origin(p), acc.clone(), s));
                         }
@@ -552,9 +567,9 @@ fn load_file(file: &Path, text: &str, raw: &mut RawCatalog, d: &mut Diagnostics)
                 for (i, item) in items.iter().enumerate() {
                     let p = format!("{key}[{i}]");
                     macro_rules! put {
-                        ($field:ident) => {
+                        ($($field:ident).+) => {
                             if let Some(x) = de(&doc, file, &p, item, d) {
-                                raw.$field.push((origin(p.clone()), x));
+                                raw.$($field).+.push((origin(p.clone()), x));
                             }
                         };
                     }
@@ -568,6 +583,11 @@ fn load_file(file: &Path, text: &str, raw: &mut RawCatalog, d: &mut Diagnostics)
                         "accounts" => put!(accounts),
                         "licenseUpdates" => put!(license_updates),
                         "settings" => put!(settings),
+                        "credits" => put!(billing.credits),
+                        "wallets" => put!(billing.wallets),
+                        "walletTopups" => put!(billing.wallet_topups),
+                        "invoiceGroups" => put!(billing.invoice_groups),
+                        "customInvoices" => put!(billing.custom_invoices),
                         _ => unreachable!(),
                     }
                 }
@@ -1031,6 +1051,7 @@ fn validate(raw: RawCatalog, ctx: &LoadContext, d: &mut Diagnostics) -> Catalog 
         }
         cat.licenses.insert(key, timeline);
     }
+    cat.billing = billing::validate(raw.billing, &cat, d);
     cat
 }
 

@@ -794,3 +794,158 @@ pub struct RawDependency {
     pub key: String,
     pub name: String,
 }
+
+/// Togai's `Credit` (an export: `id`, `status`, amounts consumed and held) or `CreditRequest`
+/// (a grant: no `id`, its `idempotencyKey` identifies it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCredit {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub account_id: String,
+    #[serde(default)]
+    pub customer_id: Option<String>,
+    pub purpose: String,
+    #[serde(default)]
+    pub applicable_entity_ids: Option<Vec<String>>,
+    pub effective_from: String,
+    #[serde(default)]
+    pub effective_until: Option<String>,
+    pub credit_amount: Dec,
+    pub priority: i64,
+    #[serde(default)]
+    pub grantor_id: Option<String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub credit_unit: Option<String>,
+    #[serde(default)]
+    pub hold_amount: Option<Dec>,
+    #[serde(default)]
+    pub consumed_amount: Option<Dec>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub updated_at: Option<IgnoredAny>,
+}
+
+/// Togai's `WalletBalanceResponse`: an account's wallet and its balance.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawWallet {
+    pub id: String,
+    pub account_id: String,
+    #[serde(default)]
+    pub customer_id: Option<String>,
+    pub balance: Dec,
+    #[serde(default)]
+    pub credit_unit: Option<String>,
+    #[serde(default)]
+    pub external_id: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub hold_amount: Option<Dec>,
+    pub effective_from: String,
+    #[serde(default)]
+    pub created_at: Option<IgnoredAny>,
+    #[serde(default)]
+    pub updated_at: Option<IgnoredAny>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, Value>>,
+}
+
+/// A wallet top-up: Togai's `TopupWalletRequest` (`topupAmount`) with the account and the date
+/// the API takes from the URL and the request time (billrun extension).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawWalletTopup {
+    pub id: String,
+    pub account_id: String,
+    pub topup_amount: Dec,
+    pub date: String,
+}
+
+/// Togai's `InvoiceGroupDetails` with its `accountIds` (or a `CreateInvoiceGroupRequest` with an
+/// `id`: `address` is the create request's name for `billingAddress`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawInvoiceGroup {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    pub daily_invoice_consolidation: bool,
+    #[serde(default)]
+    pub net_term_days: Option<u32>,
+    #[serde(default)]
+    pub invoice_currency: Option<String>,
+    #[serde(default)]
+    pub billing_address: Option<RawAddress>,
+    #[serde(default)]
+    pub address: Option<RawAddress>,
+    pub account_ids: Vec<String>,
+    #[serde(default)]
+    pub accounts_count: Option<u64>,
+    #[serde(default)]
+    pub created_at: Option<IgnoredAny>,
+    #[serde(default)]
+    pub updated_at: Option<IgnoredAny>,
+}
+
+/// Togai's `MiscellaneousCharge` (`PUT /accounts/{id}/miscellaneous_charges`): `value` (a number,
+/// or JSON-logic over the invoice's line ids, as text or as an object), or `rate` × `quantity`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMiscCharge {
+    pub name: String,
+    #[serde(default)]
+    pub rate: Option<Dec>,
+    #[serde(default)]
+    pub quantity: Option<Dec>,
+    #[serde(default)]
+    pub value: Option<Value>,
+    #[serde(default)]
+    pub consider_for_revenue: Option<bool>,
+}
+
+/// Togai's `CreateCustomInvoiceRequest` plus an `id` (billrun extension; else the
+/// `idempotencyKey` is the id).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCustomInvoice {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub account_id: String,
+    #[serde(default)]
+    pub owner_type: Option<String>,
+    pub start_date: String,
+    pub end_date: String,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    pub status: String,
+    pub line_items: Vec<RawCustomLine>,
+    #[serde(default)]
+    pub auto_advance: Option<bool>,
+    #[serde(default)]
+    pub apply_credits: Option<bool>,
+    #[serde(default)]
+    pub apply_wallet_balance: Option<bool>,
+}
+
+/// Togai's `CustomInvoiceLineItem`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCustomLine {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub description: String,
+    #[serde(default)]
+    pub value_per_quantity: Option<Dec>,
+    #[serde(default)]
+    pub quantity: Option<Dec>,
+    #[serde(default)]
+    pub value: Option<Dec>,
+}
