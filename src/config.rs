@@ -27,6 +27,27 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub templates: Option<RawTemplates>,
+    #[serde(default)]
+    pub settlement: RawSettlement,
+}
+
+/// `[settlement]`: what settlement does beyond the decided defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettlement {
+    /// `report` (default): late usage for an issued invoice is reported in the run's
+    /// `late_usage.json`. `adjust`: also issue an AD_HOC adjustment invoice for an increase, or a
+    /// credit for a decrease.
+    #[serde(default)]
+    pub late_usage: LateUsage,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LateUsage {
+    #[default]
+    Report,
+    Adjust,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +147,7 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     pub store: StoreTarget,
     pub templates_dir: Option<PathBuf>,
+    pub late_usage: crate::settle::LateUsagePolicy,
 }
 
 /// The invoice sequence format: literal text with `{SEQ}` / `{SEQ:n}` (zero-padded to n digits)
@@ -339,6 +361,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Diagnostics> {
             RawStore::S3(c) => StoreTarget::S3(c),
         },
         templates_dir: raw.templates.map(|t| resolve(&t.dir)),
+        late_usage: match raw.settlement.late_usage {
+            LateUsage::Report => crate::settle::LateUsagePolicy::Report,
+            LateUsage::Adjust => crate::settle::LateUsagePolicy::Adjust,
+        },
     })
 }
 

@@ -13,6 +13,7 @@ use chrono::{Days, NaiveDate};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use crate::catalog::billing::{CustomInvoice, CustomStatus};
 use crate::catalog::{
     CardRates, Catalog, CreditGrantCard, Customer, EntitlementCard, Expiry, FeeKind, FixedFeeCard, LicenseCard, PricePlan, PricingModel,
     Timing,
@@ -46,7 +47,7 @@ pub struct LineItem {
 }
 
 impl LineItem {
-    fn new(kind: &str, description: impl Into<String>, value: String) -> Self {
+    pub(crate) fn new(kind: &str, description: impl Into<String>, value: String) -> Self {
         LineItem {
             id: None,
             kind: kind.into(),
@@ -60,7 +61,7 @@ impl LineItem {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Party {
     pub id: String,
@@ -102,12 +103,18 @@ pub struct Invoice {
     pub due_date: NaiveDate,
     pub net_term_days: u32,
     pub total_amount: String,
+    /// Paid from the wallet at issue (or PAID custom invoices); absent when nothing was paid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paid_amount: Option<String>,
     pub usage_info: Vec<LineItem>,
     pub revenue_info: LineItem,
     pub invoice_details: InvoiceDetails,
     /// What each pricing rule did (Togai's `PricingRulesLog`); absent without rules.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pricing_rules_log: Vec<RuleLog>,
+    /// Settlement facts: `invoiceGroupId`, `mergedInto`, `adjusts` (an adjustment's invoice).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -127,6 +134,42 @@ pub struct RuleLog {
     pub after: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What a billed line of an invoice is: a row of the invoice, as opposed to a total that groups
+/// others or a slab that explains one. Ordered as credits cover lines (usage first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LineClass {
+    Usage,
+    License,
+    FixedFee,
+    /// True-up, entitlements, overage, pricing-rule additions, custom-invoice lines.
+    Other,
+    /// A purchase of credits (never paid with credits).
+    Grant,
+    /// A miscellaneous charge (credits do not cover it).
+    Charge,
+    /// Credits applied (negative).
+    Credit,
+}
+
+/// The class of a line-item `type`, if it is a billed line.
+pub fn line_class(kind: &str) -> Option<LineClass> {
+    Some(match kind {
+        "USAGE_RATE_CARD_AMOUNT" => LineClass::Usage,
+        "LICENSE_RATE_CARD_AMOUNT" | "ADVANCED_LICENSE_RATE_CARD_AMOUNT" => LineClass::License,
+        "FIXED_FEE_RATE_CARD_AMOUNT" | "ADVANCED_FIXED_FEE" => LineClass::FixedFee,
+        "CREDIT_GRANT_RATE_CARD_AMOUNT" | "ADVANCED_CREDIT_GRANT_RATE_CARD_AMOUNT" => LineClass::Grant,
+        "BILLING_ENTITLEMENT_RATE_CARD_AMOUNT"
+        | "ADVANCED_BILLING_ENTITLEMENT_RATE_CARD_AMOUNT"
+        | "ENTITLEMENT_OVERAGE_RATE_CARD_AMOUNT"
+        | "TRUE_UP_AMOUNT"
+        | "PRICING_RULE_ADDITION_AMOUNT"
+        | "CUSTOM_AMOUNT" => LineClass::Other,
+        "MISCELLANEOUS_CHARGE" => LineClass::Charge,
+        "SUB_CREDITS" => LineClass::Credit,
+        _ => return None,
+    })
 }
 
 /// An invoice plus the exact numbers behind it (for totals, tests and the manifest).
@@ -204,14 +247,14 @@ fn card_line(
 
 /// The invoice's total lines, GRAND_TOTAL → TOTAL → NET → GROSS (all of `value`, no credits or
 /// taxes yet), around the gross amount's children.
-fn totals_tree(value: &str, gross_children: Vec<LineItem>) -> LineItem {
+pub(crate) fn totals_tree(value: &str, gross_children: Vec<LineItem>) -> LineItem {
     let gross = wrap("GROSS_AMOUNT", "Gross amount", value, gross_children);
     let net = wrap("NET_AMOUNT", "Net amount", value, vec![gross]);
     let total = wrap("TOTAL_AMOUNT", "Total", value, vec![net]);
     wrap("GRAND_TOTAL_AMOUNT", "Grand total", value, vec![total])
 }
 
-fn wrap(kind: &str, description: &str, value: &str, children: Vec<LineItem>) -> LineItem {
+pub(crate) fn wrap(kind: &str, description: &str, value: &str, children: Vec<LineItem>) -> LineItem {
     let mut l = LineItem::new(kind, description, value.to_string());
     l.line_items = children;
     l
@@ -420,6 +463,7 @@ fn assemble(
         due_date: invoice_date + Days::new(net as u64),
         net_term_days: net,
         total_amount: format_amount(total, cur),
+        paid_amount: None,
         usage_info,
         revenue_info: tree,
         invoice_details: InvoiceDetails {
@@ -444,6 +488,7 @@ fn assemble(
             price_plan_name: plan.name.clone(),
         },
         pricing_rules_log: Vec::new(),
+        metadata: BTreeMap::new(),
     };
     BuiltInvoice { invoice, currency: cur.clone(), total, lines, due, handoff: Handoff::default() }
 }
@@ -893,8 +938,9 @@ fn advance_invoices(
 }
 
 /// Build the invoices of every window: the arrears (STANDARD) invoice, and a STANDARD_ADVANCED
-/// invoice when in-advance fees are charged in the window. Sequence numbers go to DUE invoices
-/// in order of (invoice date, account, start date, id), starting at 1.
+/// invoice when in-advance fees are charged in the window, and the catalog's custom invoices.
+/// Statuses here say only whether an invoice is due by the as-of date; settlement (`settle`)
+/// gives the final status, credits, wallet payments and sequence numbers.
 pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window], usage: &Usage, as_of: NaiveDate) -> Vec<BuiltInvoice> {
     let mut out = Vec::new();
     for w in windows {
@@ -911,17 +957,91 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
         out.extend(arrears_invoice(&parts, catalog, org, usage, as_of, &license_timeline));
         advance_invoices(&parts, org, as_of, &license_timeline, &mut out);
     }
-    let mut order: Vec<usize> = (0..out.len()).filter(|i| out[*i].due).collect();
-    order.sort_by(|a, b| {
-        let (x, y) = (&out[*a].invoice, &out[*b].invoice);
-        (x.invoice_date, &x.account_id, x.start_date, &x.id).cmp(&(y.invoice_date, &y.account_id, y.start_date, &y.id))
-    });
-    for (n, i) in order.into_iter().enumerate() {
-        let date = out[i].invoice.invoice_date;
-        out[i].invoice.sequence_id = Some(org.invoice_sequence.format(n as u64 + 1, date));
-    }
+    out.extend(catalog.billing.custom_invoices.iter().filter_map(|ci| custom_invoice(ci, catalog, org, as_of)));
     out.sort_by(|a, b| {
         (&a.invoice.account_id, a.invoice.start_date, &a.invoice.id).cmp(&(&b.invoice.account_id, b.invoice.start_date, &b.invoice.id))
     });
     out
+}
+
+/// The organisation, customer and account parties of an account's invoice.
+pub(crate) fn parties(org: &Organization, customer: &Customer, account: &crate::catalog::Account) -> (Party, Party, Party) {
+    (
+        Party { id: String::new(), name: org.name.clone(), primary_email: org.email.clone(), address: org.address.clone() },
+        Party {
+            id: customer.id.clone(),
+            name: customer.name.clone(),
+            primary_email: customer.email.clone(),
+            address: customer.address.clone(),
+        },
+        Party {
+            id: account.id.clone(),
+            name: account.name.clone(),
+            primary_email: account.email.clone(),
+            address: account.address.clone(),
+        },
+    )
+}
+
+/// A custom invoice of the catalog (Togai's `CreateCustomInvoiceRequest`): its lines rounded once
+/// each. DUE and PAID invoices are issued on their start date; a DRAFT with `autoAdvance` becomes
+/// DUE at its end date; a DRAFT without stays a preview.
+pub fn custom_invoice(ci: &CustomInvoice, catalog: &Catalog, org: &Organization, as_of: NaiveDate) -> Option<BuiltInvoice> {
+    let account = catalog.accounts.get(&ci.account_id)?;
+    let customer = catalog.customers.get(&account.customer_id).cloned().unwrap_or_default();
+    let cur = &account.currency;
+    let (invoice_date, can_be_due) = match ci.status {
+        CustomStatus::Due | CustomStatus::Paid => (ci.start_date, true),
+        CustomStatus::Draft => (ci.end_date, ci.auto_advance),
+    };
+    let due = can_be_due && invoice_date <= as_of;
+    let mut children = Vec::new();
+    let mut lines = Vec::new();
+    for (i, l) in ci.lines.iter().enumerate() {
+        let amount = round_line(l.value, cur, org.rounding);
+        let mut item = LineItem::new("CUSTOM_AMOUNT", &l.description, format_amount(amount, cur));
+        item.id = Some(l.id.clone().unwrap_or_else(|| format!("custom.{}", i + 1)));
+        item.quantity = l.quantity.map(format_exact);
+        item.value_per_quantity = l.value_per_quantity.map(format_exact);
+        item.metadata.insert("exactValue".into(), format_exact(l.value));
+        children.push(item);
+        lines.push((l.description.clone(), amount));
+    }
+    let total: Decimal = lines.iter().map(|l| l.1).sum();
+    let tree = totals_tree(&format_amount(total, cur), children);
+    let net = account.net_term_days.unwrap_or(org.net_term_days);
+    let (organization, customer_p, account_p) = parties(org, &customer, account);
+    let mut metadata = BTreeMap::new();
+    metadata.insert("customInvoiceId".into(), ci.id.clone());
+    if ci.status == CustomStatus::Paid {
+        metadata.insert("paidOutside".into(), "true".into());
+    }
+    let invoice = Invoice {
+        schema_version: SCHEMA_VERSION,
+        id: format!("inv.{}.custom.{}", account.id, ci.id),
+        sequence_id: None,
+        status: if due { "DUE" } else { "DRAFT" },
+        invoice_class: "INVOICE",
+        invoice_type: "CUSTOM",
+        customer_id: account.customer_id.clone(),
+        account_id: account.id.clone(),
+        owner_id: account.id.clone(),
+        price_plan_id: String::new(),
+        schedule_id: String::new(),
+        currency: cur.code.clone(),
+        start_date: ci.start_date,
+        end_date: ci.end_date,
+        end_date_inclusive: ci.end_date,
+        invoice_date,
+        due_date: invoice_date + Days::new(net as u64),
+        net_term_days: net,
+        total_amount: format_amount(total, cur),
+        paid_amount: None,
+        usage_info: Vec::new(),
+        revenue_info: tree,
+        invoice_details: InvoiceDetails { organization, customer: customer_p, account: account_p, price_plan_name: String::new() },
+        pricing_rules_log: Vec::new(),
+        metadata,
+    };
+    Some(BuiltInvoice { invoice, currency: cur.clone(), total, lines, due, handoff: Handoff::default() })
 }

@@ -76,6 +76,8 @@ struct InvoiceView {
     due_date: String,
     plan: String,
     total: String,
+    /// Paid from the wallet (empty when nothing was paid).
+    paid: String,
     organization: PartyView,
     customer: PartyView,
     account: PartyView,
@@ -95,13 +97,12 @@ fn party(p: &crate::invoice::Party) -> PartyView {
 
 /// Is this line item a billed line (shown as a row), rather than a total that groups others?
 pub fn is_billed_line(kind: &str) -> bool {
-    kind.ends_with("RATE_CARD_AMOUNT")
-        || kind.starts_with("ADVANCED_")
-        || kind == "TRUE_UP_AMOUNT"
-        || kind == "PRICING_RULE_ADDITION_AMOUNT"
+    crate::invoice::line_class(kind).is_some()
 }
 
-fn rate_card_lines(li: &LineItem, out: &mut Vec<LineView>) {
+/// Billed lines in tree order; inside a COMPOSITE invoice each merged invoice's lines are
+/// prefixed with its account (the merged invoice's node carries `invoiceId`).
+fn rate_card_lines(li: &LineItem, prefix: &str, out: &mut Vec<LineView>) {
     if is_billed_line(&li.kind) {
         let details = li
             .line_items
@@ -114,22 +115,23 @@ fn rate_card_lines(li: &LineItem, out: &mut Vec<LineView>) {
             })
             .collect();
         out.push(LineView {
-            description: li.description.clone(),
+            description: if prefix.is_empty() { li.description.clone() } else { format!("{prefix}: {}", li.description) },
             quantity: li.quantity.clone().unwrap_or_default(),
             unit_price: li.value_per_quantity.clone().unwrap_or_default(),
             amount: li.value.clone(),
             details,
         });
     } else {
+        let prefix = if li.metadata.contains_key("invoiceId") { li.description.as_str() } else { prefix };
         for c in &li.line_items {
-            rate_card_lines(c, out);
+            rate_card_lines(c, prefix, out);
         }
     }
 }
 
 fn view(inv: &Invoice) -> InvoiceView {
     let mut lines = Vec::new();
-    rate_card_lines(&inv.revenue_info, &mut lines);
+    rate_card_lines(&inv.revenue_info, "", &mut lines);
     InvoiceView {
         number: inv.sequence_id.clone().unwrap_or_else(|| "DRAFT".into()),
         id: inv.id.clone(),
@@ -143,6 +145,7 @@ fn view(inv: &Invoice) -> InvoiceView {
         due_date: inv.due_date.to_string(),
         plan: inv.invoice_details.price_plan_name.clone(),
         total: inv.total_amount.clone(),
+        paid: inv.paid_amount.clone().unwrap_or_default(),
         organization: party(&inv.invoice_details.organization),
         customer: party(&inv.invoice_details.customer),
         account: party(&inv.invoice_details.account),

@@ -19,19 +19,25 @@ use crate::diag::Diagnostics;
 use crate::frame::{self, RAW_ATTRS};
 use crate::ingest::{self, IngestOutput, Reason, REASON};
 use crate::invoice::{build_invoices, BuiltInvoice};
+use crate::ledger::{self, Ledger};
+use crate::lineitems::LineItemRow;
 use crate::money::format_amount;
 use crate::render::Renderer;
 use crate::windows::plan_windows;
 use billrun_connectors::file::BadRecord;
-use billrun_connectors::s3::{S3Staging, Store};
+use billrun_connectors::s3::S3Store;
 use billrun_connectors::schema::{ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
-use billrun_connectors::store::Staging;
+use billrun_connectors::store::{Created, LocalStore, Store};
 use billrun_connectors::{read_source, ReadWindow};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const REJECTS: &str = "rejects.ndjson";
 /// Credits, feature credits and refunds rating hands to settlement (see `handoff`).
 pub const SETTLEMENT: &str = "settlement.json";
+/// Issued invoices whose cycle was rated again with different usage (see `settle::LateUsage`).
+pub const LATE_USAGE: &str = "late_usage.json";
+/// One row per line item of the invoices a run issued (`lineitems`).
+pub const LINE_ITEMS: &str = "line_items.parquet";
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -53,6 +59,9 @@ pub struct RunReport {
     pub events_read: u64,
     pub events_used: u64,
     pub manifest: Value,
+    pub late: Vec<crate::settle::LateUsage>,
+    /// The ledger after the run.
+    pub ledger: Ledger,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,15 +86,28 @@ pub enum RunError {
     Polars(#[from] PolarsError),
     #[error("{0}")]
     Pushdown(#[from] crate::pushdown::PushdownError),
+    #[error("{0}")]
+    Ledger(#[from] ledger::LedgerError),
+    #[error("line items: {0}")]
+    LineItems(#[from] crate::lineitems::LineItemsError),
+    #[error("another run is writing this store: {0}")]
+    Locked(billrun_connectors::error::ConnectorError),
+    #[error("another run committed ledger generation {generation} first; nothing of this run was committed (run again to see its result)")]
+    Conflict { generation: u64 },
+    #[error("the store's ledger is at as-of {last} (generation {generation}); a bill run as of the earlier {as_of} would reissue history (use a fresh store with --out to preview the past)")]
+    AsOfBehind { as_of: NaiveDate, last: NaiveDate, generation: u64 },
 }
 
 impl RunError {
-    /// Exit code: 2 for problems in what the user wrote, 3 for the environment, 1 for --strict.
+    /// Exit code: 2 for problems in what the user wrote, 3 for the environment, 1 for --strict,
+    /// 4 when another run holds or committed the store first.
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Config(ConfigError::Invalid(_)) | RunError::Catalog(_) | RunError::NoAsOf(_) => 2,
             RunError::Pushdown(e) if e.is_user_input() => 2,
             RunError::Strict(_) => 1,
+            RunError::Locked(_) | RunError::Conflict { .. } => 4,
+            RunError::AsOfBehind { .. } => 2,
             _ => 3,
         }
     }
@@ -290,6 +312,7 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
         bad.extend(out.bad_records);
     }
     drop(pb);
+    crate::faults::point("reading");
 
     let pb = progress("ingesting and metering");
     let frame = frame::build(&batches)?;
@@ -307,6 +330,7 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     for (r, n) in &counts {
         tracing::warn!(reason = r.as_str(), count = n, "events rejected");
     }
+    crate::faults::point("rating");
     let invoices = build_invoices(&cat, &cfg.organization, &windows, &usage, as_of);
     Ok(Computed {
         cfg,
@@ -324,7 +348,82 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     })
 }
 
-/// Run the bill run described by `opts`.
+/// An invoice's three files (JSON, HTML, text) under `dir/<account>/`.
+fn invoice_files(dir: &str, b: &BuiltInvoice, renderer: &Renderer) -> Result<Vec<(String, Vec<u8>)>, RunError> {
+    let base = format!("{dir}/{}/{}", safe_segment(&b.invoice.owner_id), safe_segment(&b.invoice.id));
+    let mut jsonb = serde_json::to_vec_pretty(&b.invoice).expect("invoice serializes");
+    jsonb.push(b'\n');
+    let (html, text) = renderer.render(&b.invoice)?;
+    Ok(vec![(format!("{base}.json"), jsonb), (format!("{base}.html"), html.into_bytes()), (format!("{base}.txt"), text.into_bytes())])
+}
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn open_store(target: &crate::config::StoreTarget) -> Result<Box<dyn Store>, RunError> {
+    Ok(match target {
+        crate::config::StoreTarget::Local(dir) => Box::new(LocalStore::open(dir)?),
+        crate::config::StoreTarget::S3(c) => Box::new(S3Store::open(c)?),
+    })
+}
+
+/// The latest ledger generation in the store (the empty ledger of a new store).
+pub fn load_ledger(store: &dyn Store) -> Result<Ledger, RunError> {
+    let keys = store.list(ledger::PREFIX)?;
+    let Some(key) = keys.iter().filter(|k| ledger::generation_of(k).is_some()).max() else { return Ok(Ledger::default()) };
+    let bytes = store
+        .get(key)?
+        .ok_or_else(|| RunError::Ledger(ledger::LedgerError { key: key.clone(), message: "listed but unreadable".into() }))?;
+    Ok(ledger::parse(key, &bytes)?)
+}
+
+/// A billed line read from an invoice's JSON: (id, type, description, quantity, value).
+type JsonLine = (Option<String>, String, String, Option<String>, String);
+
+/// Line-item rows of an invoice (its billed lines, miscellaneous charges and credits).
+fn line_item_rows(v: &Value) -> Vec<LineItemRow> {
+    fn walk(l: &Value, out: &mut Vec<JsonLine>) {
+        let kind = l["type"].as_str().unwrap_or_default();
+        let leaf = crate::invoice::line_class(kind).is_some();
+        if leaf {
+            let s = |k: &str| l[k].as_str().map(str::to_string);
+            out.push((s("id"), kind.to_string(), s("description").unwrap_or_default(), s("quantity"), s("value").unwrap_or_default()));
+            return;
+        }
+        for c in l["lineItems"].as_array().into_iter().flatten() {
+            walk(c, out);
+        }
+    }
+    let mut items = Vec::new();
+    walk(&v["revenueInfo"], &mut items);
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let date = |k: &str| NaiveDate::parse_from_str(v[k].as_str().unwrap_or_default(), "%Y-%m-%d").unwrap_or_default();
+    items
+        .into_iter()
+        .map(|(id, kind, description, quantity, value)| LineItemRow {
+            account_id: s("accountId"),
+            owner_id: s("ownerId"),
+            invoice_id: s("id"),
+            sequence_id: v["sequenceId"].as_str().map(str::to_string),
+            invoice_type: s("invoiceType"),
+            status: s("status"),
+            cycle_start: date("startDate"),
+            cycle_end: date("endDate"),
+            line_id: id,
+            kind,
+            description,
+            quantity: quantity.as_deref().and_then(crate::doc::parse_decimal),
+            amount: crate::doc::parse_decimal(&value).unwrap_or_default(),
+            currency: s("currency"),
+        })
+        .collect()
+}
+
+/// Run the bill run described by `opts`: compute, then settle against the store's ledger and
+/// write. Writing order: every new object first (removed again if the run fails), then the
+/// ledger generation with a create-only write (the commit), then objects that change (DRAFT
+/// previews), stale previews removed, and the run's manifest last.
 pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     let t0 = Instant::now();
     let c = compute(opts)?;
@@ -334,86 +433,188 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     }
     let Computed { cfg, catalog: cat, as_of, invoices, rejects, bad_records: bad, meter_ids, counts, events_read, events_used, .. } = c;
     let tz = cfg.organization.time_zone;
+    let target = match &opts.out {
+        Some(dir) => crate::config::StoreTarget::Local(dir.clone()),
+        None => cfg.store.clone(),
+    };
+    let store = open_store(&target)?;
+    let _lock = store.lock().map_err(RunError::Locked)?;
+    let before = load_ledger(&*store)?;
+    if let Some(last) = before.as_of.filter(|last| as_of < *last) {
+        return Err(RunError::AsOfBehind { as_of, last, generation: before.generation });
+    }
+    crate::faults::point("settling");
+    let mut rating_handoff = crate::handoff::Handoff::default();
+    for b in &invoices {
+        rating_handoff.extend(&b.handoff);
+    }
+    let settled = crate::settle::settle(&cat, &cfg.organization, cfg.late_usage, as_of, invoices, &before);
+    let mut ledger = settled.ledger;
 
     let pb = progress("rendering invoices");
     let renderer = Renderer::new(cfg.templates_dir.as_deref())?;
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    for b in &invoices {
-        let dir = format!("invoices/{}", safe_segment(&b.invoice.account_id));
-        let name = safe_segment(&b.invoice.id);
-        let mut jsonb = serde_json::to_vec_pretty(&b.invoice).expect("invoice serializes");
-        jsonb.push(b'\n');
-        let (html, text) = renderer.render(&b.invoice)?;
-        files.push((format!("{dir}/{name}.json"), jsonb));
-        files.push((format!("{dir}/{name}.html"), html.into_bytes()));
-        files.push((format!("{dir}/{name}.txt"), text.into_bytes()));
+    // issued invoices: written once, never again
+    let mut issued_files: Vec<(String, Vec<u8>)> = Vec::new();
+    for b in &settled.issued {
+        let fs = invoice_files("invoices", b, &renderer)?;
+        let entry = ledger.issued.get_mut(&b.invoice.id).expect("settlement indexes what it issues");
+        entry.files = fs.iter().map(|(k, v)| (k.clone(), sha(v))).collect();
+        issued_files.extend(fs);
     }
+    let mut other: Vec<(String, Vec<u8>)> = Vec::new();
+    for b in &settled.drafts {
+        other.extend(invoice_files("drafts", b, &renderer)?);
+    }
+    let draft_keys: std::collections::BTreeSet<String> = other.iter().map(|f| f.0.clone()).collect();
+    let run_dir = format!("runs/{as_of}");
     let mut rej = String::new();
     for (_, line) in reject_lines(&rejects, &bad, &cat, &meter_ids)? {
         rej.push_str(&line);
         rej.push('\n');
     }
-    files.push((REJECTS.into(), rej.into_bytes()));
-    let mut handoff = crate::handoff::Handoff::default();
-    for b in &invoices {
-        handoff.extend(&b.handoff);
-    }
-    let mut hb = serde_json::to_vec_pretty(&handoff).expect("handoff serializes");
+    other.push((format!("{run_dir}/{REJECTS}"), rej.into_bytes()));
+    let mut hb = serde_json::to_vec_pretty(&rating_handoff).expect("handoff serializes");
     hb.push(b'\n');
-    files.push((SETTLEMENT.into(), hb));
+    other.push((format!("{run_dir}/{SETTLEMENT}"), hb));
+    let mut lb = serde_json::to_vec_pretty(&settled.late).expect("late usage serializes");
+    lb.push(b'\n');
+    other.push((format!("{run_dir}/{LATE_USAGE}"), lb));
+    // the line items of every invoice this as-of date issued (also when re-run: read back)
+    let mut rows = Vec::new();
+    let mut issued_now: Vec<(&String, &crate::ledger::IssuedInvoice)> =
+        ledger.issued.iter().filter(|(_, e)| e.issued_as_of == as_of && e.invoice_type != "COMPOSITE").collect();
+    issued_now.sort_by_key(|(id, e)| (e.invoice_date, e.owner_id.clone(), e.start_date, (*id).clone()));
+    for (id, e) in &issued_now {
+        let v: Value = match settled.issued.iter().find(|b| &b.invoice.id == *id) {
+            Some(b) => serde_json::to_value(&b.invoice).expect("invoice serializes"),
+            None => {
+                let key = e.files.keys().find(|k| k.ends_with(".json")).cloned().unwrap_or_default();
+                let bytes = store.get(&key)?.unwrap_or_default();
+                serde_json::from_slice(&bytes)
+                    .map_err(|err| RunError::Ledger(ledger::LedgerError { key, message: format!("issued invoice unreadable: {err}") }))?
+            }
+        };
+        rows.extend(line_item_rows(&v));
+    }
+    other.push((format!("{run_dir}/{LINE_ITEMS}"), crate::lineitems::to_parquet(&rows)?));
     drop(pb);
 
+    // the run's manifest describes the state as of the date, so a re-run writes the same bytes
     let mut totals: BTreeMap<String, (Decimal, Decimal, crate::money::Currency)> = BTreeMap::new();
-    for b in &invoices {
-        let e = totals.entry(b.currency.code.clone()).or_insert((Decimal::ZERO, Decimal::ZERO, b.currency.clone()));
-        if b.due {
-            e.0 += b.total
-        } else {
-            e.1 += b.total
+    // what was sent: composites and unmerged invoices (a MERGED invoice is inside its composite)
+    for e in ledger.issued.values().filter(|e| e.issued_as_of == as_of && e.status != "MERGED") {
+        if let Some(cur) = crate::money::Currency::new(&e.currency) {
+            totals.entry(e.currency.clone()).or_insert((Decimal::ZERO, Decimal::ZERO, cur)).0 += e.total;
         }
+    }
+    for d in &settled.drafts {
+        totals.entry(d.currency.code.clone()).or_insert((Decimal::ZERO, Decimal::ZERO, d.currency.clone())).1 += d.total;
     }
     let totals: Map<String, Value> = totals
         .into_iter()
-        .map(|(c, (due, draft, cur))| (c, json!({"due": format_amount(due, &cur), "draft": format_amount(draft, &cur)})))
+        .map(|(c, (issued, draft, cur))| (c, json!({"issued": format_amount(issued, &cur), "draft": format_amount(draft, &cur)})))
         .collect();
-    let due = invoices.iter().filter(|b| b.due).count();
-    let file_list: Vec<Value> =
-        files.iter().map(|(p, b)| json!({"path": p, "bytes": b.len(), "sha256": hex::encode(Sha256::digest(b))})).collect();
+    let issued_ids: Vec<&String> = ledger.issued.iter().filter(|(_, e)| e.issued_as_of == as_of).map(|(id, _)| id).collect();
+    let mut file_list: Vec<Value> = Vec::new();
+    for e in ledger.issued.values().filter(|e| e.issued_as_of == as_of) {
+        for (k, h) in &e.files {
+            file_list.push(json!({"path": k, "sha256": h}));
+        }
+    }
+    for (k, b) in &other {
+        file_list.push(json!({"path": k, "sha256": sha(b)}));
+    }
+    file_list.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
     let manifest = json!({
-        "schemaVersion": "billrun.manifest.v1",
+        "schemaVersion": "billrun.manifest.v2",
         "asOf": as_of.to_string(),
         "timeZone": tz.name(),
         "rounding": cfg.organization.rounding.as_str(),
+        "ledger": {"generation": ledger.generation, "nextSequence": ledger.next_sequence},
         "events": {
             "read": events_read,
             "used": events_used,
             "rejected": rejected,
             "rejectedByReason": counts.iter().map(|(r, n)| (r.as_str().to_string(), json!(n))).collect::<Map<_, _>>(),
         },
-        "invoices": {"count": invoices.len(), "due": due, "draft": invoices.len() - due, "totalsByCurrency": totals},
+        "invoices": {
+            "issued": issued_ids,
+            "draft": settled.drafts.len(),
+            "lateUsage": settled.late.len(),
+            "totalsByCurrency": totals,
+        },
         "files": file_list,
     });
     debug_assert_eq!(events_read, events_used + rejected, "every event is used or rejected");
 
-    let store = match &opts.out {
-        Some(dir) => crate::config::StoreTarget::Local(dir.clone()),
-        None => cfg.store.clone(),
-    };
     let pb = progress("writing the store");
-    let mut staging: Box<dyn Store> = match &store {
-        crate::config::StoreTarget::Local(dir) => Box::new(Staging::begin(dir)?),
-        // a run's S3 namespace is its as-of date: a second commit of the same run is refused
-        crate::config::StoreTarget::S3(c) => Box::new(S3Staging::begin(c, &as_of.to_string())?),
-    };
-    for (k, b) in &files {
-        staging.put(k, b)?;
+    let mut created: Vec<String> = Vec::new();
+    let mut changed: Vec<(String, Vec<u8>)> = Vec::new();
+    let phase1 = (|| -> Result<(), RunError> {
+        for (k, b) in issued_files.iter() {
+            // not in the committed ledger: absent, or left by a run that never committed
+            if store.get(k)?.as_deref() != Some(b.as_slice()) {
+                store.put(k, b)?;
+                created.push(k.clone());
+                crate::faults::point("writing");
+            }
+        }
+        for (k, b) in other.iter() {
+            match store.get(k)? {
+                None => {
+                    store.put(k, b)?;
+                    created.push(k.clone());
+                    crate::faults::point("writing");
+                }
+                Some(old) if old != *b => changed.push((k.clone(), b.clone())),
+                Some(_) => {}
+            }
+        }
+        if ledger.generation != before.generation {
+            crate::faults::point("committing");
+            match store.put_if_absent(&ledger::key(ledger.generation), &ledger::to_bytes(&ledger))? {
+                Created::Created => {}
+                Created::AlreadyExists => return Err(RunError::Conflict { generation: ledger.generation }),
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = phase1 {
+        for k in &created {
+            let _ = store.delete(k);
+        }
+        return Err(e);
+    }
+    crate::faults::point("committed");
+    for (k, b) in &changed {
+        store.put(k, b)?;
+    }
+    for k in store.list("drafts/")? {
+        if !draft_keys.contains(&k) {
+            store.delete(&k)?;
+        }
     }
     let mut mb = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     mb.push(b'\n');
-    staging.put(MANIFEST, &mb)?;
-    staging.commit()?;
+    let mkey = format!("{run_dir}/{MANIFEST}");
+    if store.get(&mkey)?.as_deref() != Some(mb.as_slice()) {
+        store.put(&mkey, &mb)?;
+    }
     drop(pb);
-    let store = store.describe();
-    tracing::info!(invoices = invoices.len(), due, events_read, events_used, rejected, seconds = t0.elapsed().as_secs_f64(), store = %store, "bill run complete");
-    Ok(RunReport { as_of, store, invoices, counts, events_read, events_used, manifest })
+    let store_desc = store.describe();
+    tracing::info!(
+        issued = settled.issued.len(),
+        drafts = settled.drafts.len(),
+        late_usage = settled.late.len(),
+        generation = ledger.generation,
+        events_read,
+        events_used,
+        rejected,
+        seconds = t0.elapsed().as_secs_f64(),
+        store = %store_desc,
+        "bill run complete"
+    );
+    let mut all = settled.issued;
+    all.extend(settled.drafts);
+    Ok(RunReport { as_of, store: store_desc, invoices: all, counts, events_read, events_used, manifest, late: settled.late, ledger })
 }

@@ -14,8 +14,20 @@ use crate::run::{run, RunOptions, RunReport};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Hand {
+    /// As-of dates run one after another into the same store (default: the config's as-of).
+    #[serde(default)]
+    runs: Vec<String>,
     #[serde(default)]
     invoice: Vec<HandInvoice>,
+    /// Credits in the ledger after the last run.
+    #[serde(default)]
+    credit: Vec<HandCredit>,
+    /// Wallet balances after the last run.
+    #[serde(default)]
+    wallet: Vec<HandWallet>,
+    /// Late-usage reports of the last run.
+    #[serde(default)]
+    late_usage: Vec<HandLate>,
     #[serde(default)]
     rejects: BTreeMap<String, u64>,
     /// What rating hands to settlement (`settlement.json`), each listed in full when present.
@@ -56,6 +68,29 @@ struct HandFeatureCredit {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct HandCredit {
+    id: String,
+    remaining: String,
+    status: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandWallet {
+    account: String,
+    balance: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandLate {
+    invoice: String,
+    delta: String,
+    action: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct HandRefund {
     account: String,
     add_on: String,
@@ -77,6 +112,12 @@ struct HandInvoice {
     invoice_date: Option<String>,
     status: String,
     total: String,
+    /// The sequence id, when hand-checked.
+    #[serde(default)]
+    sequence: Option<String>,
+    /// Paid from the wallet.
+    #[serde(default)]
+    paid: Option<String>,
     #[serde(default)]
     lines: BTreeMap<String, String>,
     #[serde(default)]
@@ -107,6 +148,9 @@ fn list_files(root: &Path) -> BTreeMap<String, PathBuf> {
         if let Ok(rd) = std::fs::read_dir(dir) {
             for e in rd.flatten() {
                 let p = e.path();
+                if e.file_name().to_string_lossy().starts_with('.') {
+                    continue; // the store's lock and temporary files
+                }
                 if p.is_dir() {
                     walk(root, &p, out);
                 } else if let Ok(rel) = p.strip_prefix(root) {
@@ -124,19 +168,23 @@ fn dec(s: &str) -> Option<Decimal> {
     crate::doc::parse_decimal(s)
 }
 
-fn check_hand(dir: &Path, report: &RunReport, problems: &mut Vec<String>) {
+fn read_hand(dir: &Path) -> Result<Option<Hand>, String> {
     let path = dir.join("hand.toml");
-    let Ok(text) = std::fs::read_to_string(&path) else { return };
-    let hand: Hand = match toml::from_str(&text) {
-        Ok(h) => h,
-        Err(e) => {
-            problems.push(format!("{}: {e}", path.display()));
-            return;
-        }
-    };
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    toml::from_str(&text).map(Some).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Check the hand-computed expectations against the runs' reports: the invoices each run
+/// issued, the last run's drafts, and the last run's ledger.
+fn check_hand(hand: &Hand, reports: &[RunReport], problems: &mut Vec<String>) {
+    let Some(last) = reports.last() else { return };
+    let mut invoices: Vec<&crate::invoice::BuiltInvoice> = Vec::new();
+    for (i, r) in reports.iter().enumerate() {
+        invoices.extend(r.invoices.iter().filter(|b| b.invoice.status != "DRAFT" || i + 1 == reports.len()));
+    }
     let mut seen = 0;
     for h in &hand.invoice {
-        let Some(b) = report.invoices.iter().find(|b| {
+        let Some(b) = invoices.iter().find(|b| {
             b.invoice.account_id == h.account
                 && b.invoice.start_date.to_string() == h.start_date
                 && b.invoice.invoice_type == h.invoice_type
@@ -154,6 +202,14 @@ fn check_hand(dir: &Path, report: &RunReport, problems: &mut Vec<String>) {
         if dec(&h.total) != Some(b.total) {
             problems.push(format!("{who}: total {} (hand: {})", inv.total_amount, h.total));
         }
+        if h.sequence.is_some() && h.sequence != inv.sequence_id {
+            problems.push(format!("{who}: sequence {:?} (hand: {:?})", inv.sequence_id, h.sequence));
+        }
+        if let Some(p) = &h.paid {
+            if inv.paid_amount.as_deref().and_then(dec) != dec(p) {
+                problems.push(format!("{who}: paid {:?} (hand: {p})", inv.paid_amount));
+            }
+        }
         for (name, amount) in &h.lines {
             match b.lines.iter().find(|(n, _)| n == name) {
                 None => problems.push(format!("{who}: no line `{name}`")),
@@ -168,13 +224,36 @@ fn check_hand(dir: &Path, report: &RunReport, problems: &mut Vec<String>) {
             }
         }
     }
-    if seen != report.invoices.len() {
-        problems.push(format!("the run produced {} invoices, hand.toml lists {}", report.invoices.len(), hand.invoice.len()));
+    if seen != invoices.len() {
+        problems.push(format!("the runs produced {} invoices, hand.toml lists {}", invoices.len(), hand.invoice.len()));
     }
-    check_handoff(&hand, report, problems);
-    let got: BTreeMap<String, u64> = report.counts.iter().map(|(r, n)| (r.as_str().to_string(), *n)).collect();
+    check_handoff(hand, last, problems);
+    let got: BTreeMap<String, u64> = last.counts.iter().map(|(r, n)| (r.as_str().to_string(), *n)).collect();
     if got != hand.rejects {
         problems.push(format!("rejects {got:?} (hand: {:?})", hand.rejects));
+    }
+    for h in &hand.credit {
+        match last.ledger.credits.get(&h.id) {
+            None => problems.push(format!("hand.toml: no credit `{}` in the ledger", h.id)),
+            Some(c) if Some(c.remaining) != dec(&h.remaining) || c.status != h.status => {
+                problems.push(format!("credit `{}`: remaining {} {} (hand: {} {})", h.id, c.remaining, c.status, h.remaining, h.status))
+            }
+            Some(_) => {}
+        }
+    }
+    for h in &hand.wallet {
+        let got = last.ledger.wallets.get(&h.account).map(|w| w.balance);
+        if got != dec(&h.balance) {
+            problems.push(format!("wallet of {}: balance {got:?} (hand: {})", h.account, h.balance));
+        }
+    }
+    for h in &hand.late_usage {
+        if !last.late.iter().any(|l| l.invoice_id == h.invoice && Some(l.delta) == dec(&h.delta) && l.action == h.action) {
+            problems.push(format!("hand.toml: no late usage {h:?} (reported: {:?})", last.late));
+        }
+    }
+    if hand.late_usage.len() != last.late.len() {
+        problems.push(format!("the last run reported {} late-usage invoices, hand.toml lists {}", last.late.len(), hand.late_usage.len()));
     }
 }
 
@@ -252,10 +331,24 @@ fn diff(name: &str, expected: &str, got: &str) -> String {
 pub fn check_scenario(dir: &Path, bless: bool) -> Result<Vec<String>, String> {
     let out =
         std::env::temp_dir().join(format!("billrun-test-{}-{}", std::process::id(), crate::run::safe_segment(&dir.display().to_string())));
-    let report =
-        run(&RunOptions { config: dir.join("billrun.toml"), out: Some(out.clone()), ..Default::default() }).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&out);
+    let hand = read_hand(dir)?;
+    let dates: Vec<Option<chrono::NaiveDate>> = match hand.as_ref().map(|h| h.runs.as_slice()) {
+        Some(runs) if !runs.is_empty() => runs
+            .iter()
+            .map(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").map(Some).map_err(|e| format!("hand.toml: runs: `{d}`: {e}")))
+            .collect::<Result<_, _>>()?,
+        _ => vec![None],
+    };
+    let mut reports = Vec::new();
+    for as_of in dates {
+        let opts = RunOptions { config: dir.join("billrun.toml"), out: Some(out.clone()), as_of, ..Default::default() };
+        reports.push(run(&opts).map_err(|e| e.to_string())?);
+    }
     let mut problems = Vec::new();
-    check_hand(dir, &report, &mut problems);
+    if let Some(hand) = &hand {
+        check_hand(hand, &reports, &mut problems);
+    }
     let expected_dir = dir.join("expected");
     let produced = list_files(&out);
     if bless {

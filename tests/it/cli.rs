@@ -24,7 +24,7 @@ fn run_writes_invoices_for_the_shipped_example() {
     assert_eq!(json["totalAmount"], "63.59");
     assert_eq!(json["status"], "DUE");
     assert_eq!(json["revenueInfo"]["type"], "GRAND_TOTAL_AMOUNT");
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("runs/2026-11-06/manifest.json")).unwrap()).unwrap();
     let ev = &manifest["events"];
     assert_eq!(ev["read"].as_u64().unwrap(), ev["used"].as_u64().unwrap() + ev["rejected"].as_u64().unwrap());
 }

@@ -4,6 +4,7 @@
 mod cli;
 mod connectors;
 mod hostile;
+mod nightly;
 mod properties;
 mod pushdown;
 mod snowflake;
@@ -36,6 +37,9 @@ pub fn snapshot(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
         for e in std::fs::read_dir(dir).unwrap().flatten() {
             let p = e.path();
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue; // the store's lock file (it holds the last writer's pid)
+            }
             if p.is_dir() {
                 walk(root, &p, out);
             } else {
