@@ -29,6 +29,16 @@ pub struct RawConfig {
     pub templates: Option<RawTemplates>,
     #[serde(default)]
     pub settlement: RawSettlement,
+    #[serde(default)]
+    pub corrections: Option<RawCorrections>,
+}
+
+/// `[corrections]`: event corrections (UNDO / REDO / REDO_EVENT) applied before rating.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCorrections {
+    /// A file or a folder of `*.ndjson` files, relative to the config file.
+    pub path: PathBuf,
 }
 
 /// `[settlement]`: what settlement does beyond the decided defaults.
@@ -148,6 +158,8 @@ pub struct Config {
     pub store: StoreTarget,
     pub templates_dir: Option<PathBuf>,
     pub late_usage: crate::settle::LateUsagePolicy,
+    /// Event corrections to apply before rating (`[corrections] path`).
+    pub corrections: Option<PathBuf>,
 }
 
 /// The invoice sequence format: literal text with `{SEQ}` / `{SEQ:n}` (zero-padded to n digits)
@@ -361,6 +373,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Diagnostics> {
             RawStore::S3(c) => StoreTarget::S3(c),
         },
         templates_dir: raw.templates.map(|t| resolve(&t.dir)),
+        corrections: raw.corrections.map(|c| resolve(&c.path)),
         late_usage: match raw.settlement.late_usage {
             LateUsage::Report => crate::settle::LateUsagePolicy::Report,
             LateUsage::Adjust => crate::settle::LateUsagePolicy::Adjust,

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod corrections;
 pub mod cycles;
 pub mod diag;
 pub mod doc;
@@ -23,8 +24,11 @@ pub mod numeric;
 pub mod pushdown;
 pub mod rate;
 pub mod render;
+pub mod report;
+pub mod rerate;
 pub mod rules;
 pub mod run;
 pub mod scenario;
 pub mod settle;
+pub mod simulate;
 pub mod windows;

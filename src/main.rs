@@ -1,5 +1,6 @@
 //! The `billrun` command line. Exit codes: 0 success; 1 `test` failures or `run --strict` with
-//! rejected events; 2 invalid configuration or catalog; 3 I/O or runtime failure.
+//! rejected events; 2 invalid configuration, catalog or arguments; 3 I/O or runtime failure;
+//! 4 another run holds the store or committed first.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +58,58 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rate a past window again (current or proposed catalog) and report the differences with
+    /// what was issued, into the store's rerates/<name>/; never touches the ledger.
+    Rerate {
+        #[arg(short, long, default_value = "billrun.toml")]
+        config: PathBuf,
+        /// Invoices whose period starts on or after this date.
+        #[arg(long, value_parser = parse_date)]
+        from: NaiveDate,
+        /// … and before this date.
+        #[arg(long, value_parser = parse_date)]
+        to: NaiveDate,
+        /// A proposed catalog folder (default: the configured catalog).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        /// Usage as of this date (default: the ledger's last run).
+        #[arg(long, value_parser = parse_date)]
+        as_of: Option<NaiveDate>,
+        /// The store (default: the configured one).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Name of the namespace under rerates/ (default <from>_<to>).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revenue of one cycle of a plan from usage given per meter, or looked up for an account.
+    Simulate {
+        #[arg(short, long, default_value = "billrun.toml")]
+        config: PathBuf,
+        /// The price plan id.
+        #[arg(long)]
+        plan: String,
+        /// The cycle starts on this date.
+        #[arg(long, value_parser = parse_date)]
+        from: NaiveDate,
+        /// With --account: events in [from, to).
+        #[arg(long, value_parser = parse_date)]
+        to: Option<NaiveDate>,
+        /// Currency (default: the account's, else the plan's first).
+        #[arg(long)]
+        currency: Option<String>,
+        /// Usage of a meter, `METER=QUANTITY` (exact decimal); repeat for several meters.
+        #[arg(long = "usage", value_parser = parse_usage)]
+        usage: Vec<(String, rust_decimal::Decimal)>,
+        /// Look the usage up for this account instead.
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run scenario folders and compare with their expected/ outputs.
     Test {
         /// Scenario folders, or folders containing them.
@@ -72,6 +125,12 @@ fn parse_date(s: &str) -> Result<NaiveDate, String> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("`{s}` is not a date (expected YYYY-MM-DD)"))
 }
 
+fn parse_usage(s: &str) -> Result<(String, rust_decimal::Decimal), String> {
+    let (m, q) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected METER=QUANTITY"))?;
+    let q = billrun::doc::parse_decimal(q.trim()).ok_or_else(|| format!("`{q}` is not an exact decimal number"))?;
+    Ok((m.trim().to_string(), q))
+}
+
 fn fail(e: RunError) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(e.exit_code())
@@ -80,7 +139,11 @@ fn fail(e: RunError) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `billrun test` runs many bill runs: only their errors are interesting there.
-    let default_filter = if matches!(cli.command, Command::Test { .. } | Command::Explain { .. }) { "error" } else { "billrun=info,warn" };
+    let default_filter = if matches!(cli.command, Command::Test { .. } | Command::Explain { .. } | Command::Simulate { .. }) {
+        "error"
+    } else {
+        "billrun=info,warn"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -88,7 +151,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     match cli.command {
-        Command::Run { config, as_of, out, strict, json } => match run(&RunOptions { config, as_of, out, strict }) {
+        Command::Run { config, as_of, out, strict, json } => match run(&RunOptions { config, as_of, out, strict, ..Default::default() }) {
             Ok(r) => {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r.manifest).expect("json"));
@@ -132,6 +195,42 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(billrun::explain::ExplainError::Run(e)) => fail(e),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Rerate { config, from, to, catalog, as_of, out, name, json } => {
+            if to <= from {
+                eprintln!("error: --to {to} is not after --from {from}");
+                return ExitCode::from(2);
+            }
+            let opts = billrun::rerate::RerateOptions { config, from, to, catalog, as_of, out, name };
+            match billrun::rerate::rerate(&opts) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&r).expect("json"));
+                    }
+                    let changed = r.invoices.iter().filter(|i| !i.delta.is_zero()).count();
+                    eprintln!("{} issued invoices re-rated, {changed} changed; report in {}", r.invoices.len(), r.written);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Simulate { config, plan, from, to, currency, usage, account, json } => {
+            let opts = billrun::simulate::SimulateOptions { config, plan, from, to, currency, usage: usage.into_iter().collect(), account };
+            match billrun::simulate::simulate(&opts) {
+                Ok(s) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&s).expect("json"));
+                    } else {
+                        print!("{}", billrun::simulate::to_text(&s));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(billrun::simulate::SimulateError::Run(e)) => fail(e),
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(2)

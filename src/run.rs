@@ -47,6 +47,10 @@ pub struct RunOptions {
     pub out: Option<PathBuf>,
     /// Fail (and write nothing) if any event is rejected.
     pub strict: bool,
+    /// Rate with this catalog folder instead of the configured one (re-rating with a proposal).
+    pub catalog: Option<PathBuf>,
+    /// Leave the configured event corrections out (re-rating tells their effect apart).
+    pub no_corrections: bool,
 }
 
 /// Everything a run produced, in memory.
@@ -88,6 +92,8 @@ pub enum RunError {
     Pushdown(#[from] crate::pushdown::PushdownError),
     #[error("{0}")]
     Ledger(#[from] ledger::LedgerError),
+    #[error("{0}")]
+    Corrections(#[from] crate::corrections::CorrectionsError),
     #[error("line items: {0}")]
     LineItems(#[from] crate::lineitems::LineItemsError),
     #[error("another run is writing this store: {0}")]
@@ -115,7 +121,15 @@ impl RunError {
 
 /// Load and validate the configuration and its catalog (no event is read).
 pub fn load(config_path: &Path) -> Result<(Config, Catalog), RunError> {
-    let cfg = config::load(config_path)?;
+    load_with(config_path, None)
+}
+
+/// Load the configuration, and the catalog from `catalog` if given, else the configured one.
+pub fn load_with(config_path: &Path, catalog: Option<&Path>) -> Result<(Config, Catalog), RunError> {
+    let mut cfg = config::load(config_path)?;
+    if let Some(c) = catalog {
+        cfg.catalog_dir = c.to_path_buf();
+    }
     let ctx = LoadContext { base_currency: &cfg.organization.base_currency, time_zone: cfg.organization.time_zone };
     let cat = catalog::load_dir(&cfg.catalog_dir, &ctx).map_err(RunError::Catalog)?;
     Ok((cfg, cat))
@@ -284,11 +298,15 @@ pub struct Computed {
     pub events_read: u64,
     pub events_used: u64,
     pub used_by_window: BTreeMap<u32, u64>,
+    /// The usage table: (window id, meter id) → quantity.
+    pub usage: crate::ingest::Usage,
+    /// What the configured event corrections did (`None` without `[corrections]`).
+    pub corrected: Option<crate::corrections::Applied>,
 }
 
 /// Read, ingest, meter, rate and build invoices; no output is written.
 pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
-    let (cfg, cat) = load(&opts.config)?;
+    let (cfg, cat) = load_with(&opts.config, opts.catalog.as_deref())?;
     let as_of = opts.as_of.or(cfg.as_of).ok_or_else(|| RunError::NoAsOf(opts.config.display().to_string()))?;
     let tz = cfg.organization.time_zone;
     let as_of_us = day_start(tz, as_of).timestamp_micros();
@@ -315,10 +333,22 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     crate::faults::point("reading");
 
     let pb = progress("ingesting and metering");
+    let corrections = match &cfg.corrections {
+        Some(p) if !opts.no_corrections => crate::corrections::load(p)?,
+        _ => Vec::new(),
+    };
+    let originals: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if !corrections.is_empty() {
+        let extra = crate::corrections::payloads(&corrections)?;
+        batches.extend(extra.batches);
+        bad.extend(extra.bad_records);
+    }
     let frame = frame::build(&batches)?;
     drop(batches);
+    let (frame, corrected) = crate::corrections::apply(frame, &corrections, originals)?;
     let IngestOutput { mut usage, meter_ids, rejects, mut counts, mut events_read, mut events_used, mut used_by_window } =
         ingest::ingest(frame, &cat, &windows, as_of_us)?;
+    let corrected = cfg.corrections.is_some().then_some(corrected);
     for p in pushed {
         p.merge_into(&mut usage, &mut counts, &mut events_read, &mut events_used, &mut used_by_window);
     }
@@ -333,6 +363,8 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     crate::faults::point("rating");
     let invoices = build_invoices(&cat, &cfg.organization, &windows, &usage, as_of);
     Ok(Computed {
+        usage,
+        corrected,
         cfg,
         catalog: cat,
         as_of,
@@ -361,7 +393,7 @@ fn sha(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
-fn open_store(target: &crate::config::StoreTarget) -> Result<Box<dyn Store>, RunError> {
+pub fn open_store(target: &crate::config::StoreTarget) -> Result<Box<dyn Store>, RunError> {
     Ok(match target {
         crate::config::StoreTarget::Local(dir) => Box::new(LocalStore::open(dir)?),
         crate::config::StoreTarget::S3(c) => Box::new(S3Store::open(c)?),
@@ -431,7 +463,20 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     if opts.strict && rejected > 0 {
         return Err(RunError::Strict(rejected));
     }
-    let Computed { cfg, catalog: cat, as_of, invoices, rejects, bad_records: bad, meter_ids, counts, events_read, events_used, .. } = c;
+    let Computed {
+        cfg,
+        catalog: cat,
+        as_of,
+        invoices,
+        rejects,
+        bad_records: bad,
+        meter_ids,
+        counts,
+        events_read,
+        events_used,
+        corrected,
+        ..
+    } = c;
     let tz = cfg.organization.time_zone;
     let target = match &opts.out {
         Some(dir) => crate::config::StoreTarget::Local(dir.clone()),
@@ -545,6 +590,10 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         },
         "files": file_list,
     });
+    let mut manifest = manifest;
+    if let Some(c) = &corrected {
+        manifest["corrections"] = serde_json::to_value(c).expect("corrections serialize");
+    }
     debug_assert_eq!(events_read, events_used + rejected, "every event is used or rejected");
 
     let pb = progress("writing the store");

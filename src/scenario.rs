@@ -318,6 +318,52 @@ fn check_handoff(hand: &Hand, report: &RunReport, problems: &mut Vec<String>) {
     }
 }
 
+/// Every line item of an invoice JSON by its path of descriptions (`Grand total › … › API calls`),
+/// with its value; plus the invoice's status, total and sequence id.
+fn money_lines(v: &serde_json::Value) -> BTreeMap<String, String> {
+    fn walk(l: &serde_json::Value, path: &str, out: &mut BTreeMap<String, String>) {
+        let d = l["description"].as_str().unwrap_or("?");
+        let p = if path.is_empty() { d.to_string() } else { format!("{path} › {d}") };
+        let mut key = p.clone();
+        let mut n = 2;
+        while out.contains_key(&key) {
+            key = format!("{p} #{n}");
+            n += 1;
+        }
+        out.insert(key, l["value"].as_str().unwrap_or_default().to_string());
+        for c in l["lineItems"].as_array().into_iter().flatten() {
+            walk(c, &p, out);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for k in ["status", "sequenceId", "totalAmount", "paidAmount"] {
+        if let Some(x) = v[k].as_str() {
+            out.insert(k.to_string(), x.to_string());
+        }
+    }
+    walk(&v["revenueInfo"], "", &mut out);
+    out
+}
+
+/// For two invoice JSON texts: the lines whose money (or status) differs, one per row.
+fn money_diff(expected: &str, got: &str) -> Option<String> {
+    let (a, b) = (serde_json::from_str(expected).ok()?, serde_json::from_str(got).ok()?);
+    let (a, b) = (money_lines(&a), money_lines(&b));
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let mut s = String::new();
+    for k in keys {
+        match (a.get(k), b.get(k)) {
+            (Some(x), Some(y)) if x == y => {}
+            (x, y) => s.push_str(&format!(
+                "  {k}: expected {}, produced {}\n",
+                x.map_or("(none)", String::as_str),
+                y.map_or("(none)", String::as_str)
+            )),
+        }
+    }
+    (!s.is_empty()).then_some(s)
+}
+
 fn diff(name: &str, expected: &str, got: &str) -> String {
     let d = similar::TextDiff::from_lines(expected, got);
     let mut s = format!("--- expected/{name}\n+++ produced/{name}\n");
@@ -370,7 +416,12 @@ pub fn check_scenario(dir: &Path, bless: bool) -> Result<Vec<String>, String> {
                 Some(e) => {
                     let (a, b) = (std::fs::read(e).unwrap_or_default(), std::fs::read(p).unwrap_or_default());
                     if a != b {
-                        problems.push(diff(rel, &String::from_utf8_lossy(&a), &String::from_utf8_lossy(&b)));
+                        let (ea, eb) = (String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+                        let money = rel.ends_with(".json").then(|| money_diff(&ea, &eb)).flatten();
+                        match money {
+                            Some(m) => problems.push(format!("{rel}: money differs\n{m}")),
+                            None => problems.push(diff(rel, &ea, &eb)),
+                        }
                     }
                 }
             }
@@ -385,12 +436,27 @@ pub fn check_scenario(dir: &Path, bless: bool) -> Result<Vec<String>, String> {
     Ok(problems)
 }
 
-/// Run scenarios, print a report per failure and the closing line; returns (passed, failed).
+/// Run scenarios, in parallel (one per core), print a report per failure in folder order and the
+/// closing line; returns (passed, failed).
 pub fn run_scenarios(paths: &[PathBuf], bless: bool) -> (usize, usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let dirs = discover(paths);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, dirs.len().max(1));
+    let next = AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<Result<Vec<String>, String>>>> = std::sync::Mutex::new(vec![None; dirs.len()]);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(d) = dirs.get(i) else { break };
+                let r = check_scenario(d, bless);
+                results.lock().expect("no panic while holding it")[i] = Some(r);
+            });
+        }
+    });
     let (mut passed, mut failed) = (0, 0);
-    for d in &dirs {
-        match check_scenario(d, bless) {
+    for (d, r) in dirs.iter().zip(results.into_inner().expect("no panic while holding it")) {
+        match r.expect("every scenario ran") {
             Ok(p) if p.is_empty() => {
                 passed += 1;
                 eprintln!("ok     {}", d.display());
@@ -413,4 +479,26 @@ pub fn run_scenarios(paths: &[PathBuf], bless: bool) -> (usize, usize) {
     }
     println!("{passed} passed, {failed} failed");
     (passed, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_money_diff_names_each_line_that_changed() {
+        let inv = |api: &str, total: &str| {
+            format!(
+                r#"{{"status":"DUE","totalAmount":"{total}","revenueInfo":{{"description":"Grand total","value":"{total}","lineItems":[
+                    {{"description":"API calls","value":"{api}","lineItems":[]}},{{"description":"Support","value":"20.00","lineItems":[]}}]}}}}"#
+            )
+        };
+        let d = money_diff(&inv("3.80", "23.80"), &inv("4.05", "24.05")).unwrap();
+        assert_eq!(
+            d,
+            "  Grand total: expected 23.80, produced 24.05\n  Grand total › API calls: expected 3.80, produced 4.05\n  totalAmount: expected 23.80, produced 24.05\n"
+        );
+        assert_eq!(money_diff(&inv("1.00", "21.00"), &inv("1.00", "21.00")), None);
+        assert_eq!(money_diff("not json", "{}"), None);
+    }
 }

@@ -24,7 +24,9 @@ use serde::Serialize;
 use crate::catalog::billing::{CatalogCredit, MiscCharge, MiscValue, ALL_FIXED_FEES, ALL_USAGE};
 use crate::catalog::Catalog;
 use crate::config::Organization;
-use crate::invoice::{line_class, parties, totals_tree, wrap, BuiltInvoice, Invoice, InvoiceDetails, LineClass as Class, LineItem, Party, SCHEMA_VERSION};
+use crate::invoice::{
+    line_class, parties, totals_tree, wrap, BuiltInvoice, Invoice, InvoiceDetails, LineClass as Class, LineItem, Party, SCHEMA_VERSION,
+};
 use crate::ledger::{CreditBalance, CreditTransaction, IssuedInvoice, Ledger, WalletBalance, WalletEntry};
 use crate::money::{format_amount, round_line, Currency};
 
@@ -118,7 +120,7 @@ fn billed_lines(root: &LineItem) -> Vec<Creditable> {
 }
 
 /// Rating's billed amounts by line id (summed when one id appears twice).
-fn rated_map(b: &BuiltInvoice) -> BTreeMap<String, Decimal> {
+pub fn rated_map(b: &BuiltInvoice) -> BTreeMap<String, Decimal> {
     let mut m = BTreeMap::new();
     for l in billed_lines(&b.invoice.revenue_info) {
         *m.entry(l.id).or_insert(Decimal::ZERO) += l.amount;

@@ -199,6 +199,15 @@ pub async fn read_files(cfg: &FileSourceConfig) -> Result<SourceOutput, Connecto
     read_objects(&src, listed).await
 }
 
+/// Decode NDJSON text of Togai events (as a file would hold them) into canonical batches;
+/// `location` names it in errors and bad records. For events that come from elsewhere than a
+/// source, e.g. the corrected payloads of event corrections.
+pub fn decode_ndjson(source_name: &str, location: &str, data: &[u8]) -> Result<SourceOutput, ConnectorError> {
+    let ctx = FileCtx { connector: CONNECTOR, source_name: source_name.to_string(), path: location.to_string() };
+    let out = ndjson::read_ndjson(&ctx, data)?;
+    Ok(SourceOutput { batches: out.batches, bad_records: out.bad_records, files: Vec::new() })
+}
+
 /// A set of objects in one store, read as one source (local files, S3).
 pub(crate) struct ObjectSource<'a> {
     pub connector: &'static str,

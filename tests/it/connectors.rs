@@ -81,7 +81,7 @@ pub(crate) fn scenario(source_toml: &str, extra: &[(&str, &str)]) -> tempfile::T
 }
 
 pub(crate) fn run_to(dir: &Path, out: &Path) -> Result<billrun::run::RunReport, billrun::run::RunError> {
-    run(&RunOptions { config: dir.join("billrun.toml"), as_of: None, out: Some(out.to_path_buf()), strict: false })
+    run(&RunOptions { config: dir.join("billrun.toml"), out: Some(out.to_path_buf()), ..Default::default() })
 }
 
 pub(crate) fn local_outputs() -> std::collections::BTreeMap<String, Vec<u8>> {

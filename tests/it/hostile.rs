@@ -907,7 +907,7 @@ fn every_reject_reason_is_counted_and_read_equals_used_plus_rejected() {
 // 3. Escaping in a real browser
 // ---------------------------------------------------------------------------------------------
 
-fn chromium() -> PathBuf {
+pub(crate) fn chromium() -> PathBuf {
     let p = std::env::var("BILLRUN_TEST_CHROMIUM").unwrap_or_else(|_| {
         panic!("BILLRUN_TEST_CHROMIUM is not set: run scripts/test (it installs chromium via tests/support/servers/50-chromium.sh and exports the variable)")
     });
@@ -915,7 +915,7 @@ fn chromium() -> PathBuf {
 }
 
 /// The DOM after Chromium loaded the file (and ran whatever scripts it was allowed to).
-fn dump_dom(browser: &Path, html: &Path) -> String {
+pub(crate) fn dump_dom(browser: &Path, html: &Path) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new(browser)
         .args([

@@ -7,6 +7,7 @@ mod hostile;
 mod nightly;
 mod properties;
 mod pushdown;
+mod rerate;
 mod snowflake;
 
 use std::path::{Path, PathBuf};
