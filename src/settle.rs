@@ -398,14 +398,10 @@ fn settle_one(cat: &Catalog, org: &Organization, b: &mut BuiltInvoice, l: &mut L
             .map(|(id, _)| id.clone())
             .collect();
         ids.sort_by(|a, b2| (credit_order(&l.credits[a]), a).cmp(&(credit_order(&l.credits[b2]), b2)));
-        let mut credits: Vec<&mut CreditBalance> = Vec::new();
-        let mut rest: Vec<(&String, &mut CreditBalance)> = l.credits.iter_mut().filter(|(id, _)| ids.contains(id)).collect();
-        for id in &ids {
-            let k = rest.iter().position(|(i, _)| *i == id).expect("listed");
-            credits.push(rest.swap_remove(k).1);
-        }
-        let covered = allocate(&mut credits, &lines);
-        for ((id, c), parts) in ids.into_iter().zip(credits).zip(covered) {
+        // taken out of the ledger while they are applied, put back below
+        let mut credits: Vec<CreditBalance> = ids.iter().map(|id| l.credits.remove(id).expect("listed")).collect();
+        let covered = allocate(&mut credits.iter_mut().collect::<Vec<_>>(), &lines);
+        for ((id, mut c), parts) in ids.into_iter().zip(credits).zip(covered) {
             for (i, x) in &parts {
                 c.transactions.push(CreditTransaction {
                     transaction_type: "DEBITED".into(),
@@ -420,8 +416,9 @@ fn settle_one(cat: &Catalog, org: &Organization, b: &mut BuiltInvoice, l: &mut L
             }
             if !parts.is_empty() {
                 let sum = parts.iter().map(|p| p.1).sum();
-                used.push((id, sum, parts.into_iter().map(|(i, x)| (lines[i].id.clone(), x)).collect()));
+                used.push((id.clone(), sum, parts.into_iter().map(|(i, x)| (lines[i].id.clone(), x)).collect()));
             }
+            l.credits.insert(id, c);
         }
     }
     let credit_total: Decimal = used.iter().map(|u| u.1).sum();
