@@ -166,6 +166,15 @@ fn catalog_credit(c: &CatalogCredit) -> CreditBalance {
             date: c.effective_from,
         });
     }
+    if c.voided && c.amount > c.consumed_before {
+        transactions.push(CreditTransaction {
+            transaction_type: "VOIDED".into(),
+            amount: c.amount - c.consumed_before,
+            invoice_id: None,
+            entity_id: None,
+            date: c.effective_from,
+        });
+    }
     CreditBalance {
         account_id: c.account_id.clone(),
         currency: c.currency.clone(),
