@@ -436,6 +436,9 @@ pub fn check_scenario(dir: &Path, bless: bool) -> Result<Vec<String>, String> {
     Ok(problems)
 }
 
+/// A scenario's problems (empty: it passed), or why its run failed.
+type Outcome = Result<Vec<String>, String>;
+
 /// Run scenarios, in parallel (one per core), print a report per failure in folder order and the
 /// closing line; returns (passed, failed).
 pub fn run_scenarios(paths: &[PathBuf], bless: bool) -> (usize, usize) {
@@ -443,7 +446,7 @@ pub fn run_scenarios(paths: &[PathBuf], bless: bool) -> (usize, usize) {
     let dirs = discover(paths);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, dirs.len().max(1));
     let next = AtomicUsize::new(0);
-    let results: std::sync::Mutex<Vec<Option<Result<Vec<String>, String>>>> = std::sync::Mutex::new(vec![None; dirs.len()]);
+    let results: std::sync::Mutex<Vec<Option<Outcome>>> = std::sync::Mutex::new(vec![None; dirs.len()]);
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {

@@ -92,7 +92,7 @@ pub fn simulate(opts: &SimulateOptions) -> Result<Simulation, SimulateError> {
         (None, None) => plan.currencies.first().cloned().unwrap_or_else(|| cfg.organization.base_currency.code.clone()),
     };
     let currency = Currency::new(&code).ok_or_else(|| input(format!("`{code}` is not an ISO 4217 currency code")))?;
-    if !plan.currencies.iter().any(|c| *c == code) {
+    if !plan.currencies.contains(&code) {
         return Err(input(format!("plan `{}` has no rates in {code} (it supports {})", opts.plan, plan.currencies.join(", "))));
     }
     let mut account = template.unwrap_or_else(|| Account {
