@@ -138,11 +138,12 @@ fn a_run_killed_at_any_stage_then_run_again_ends_as_if_uninterrupted() {
 #[test]
 fn of_two_runs_of_the_same_date_exactly_one_commits() {
     // one run holds the store while the other starts: the second is refused, nothing half-written
+    // (15 s of pause leave the second run time to read and rate on a loaded machine)
     let t = scenario();
     run_ok(t.path(), DATES[0]);
     let mut first = billrun(t.path(), DATES[1])
         .env("BILLRUN_PAUSE_AT", "settling")
-        .env("BILLRUN_PAUSE_SECS", "4")
+        .env("BILLRUN_PAUSE_SECS", "15")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
