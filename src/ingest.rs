@@ -143,6 +143,9 @@ pub struct IngestOutput {
     pub events_used: u64,
     /// Events used, per window.
     pub used_by_window: BTreeMap<u32, u64>,
+    /// Wall time of the meter part (meter columns, the usage group-by, the rejected rows), for
+    /// the run's stage timings.
+    pub meter_seconds: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -320,6 +323,7 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
     let df = lf.collect()?;
 
     // 9-10: meters, then the features' consumption as SUM meters (`feature_meter_id`)
+    let meter_start = std::time::Instant::now();
     let feature_meters = feature_meters(catalog);
     let compiled: Vec<CompiledMeter> = catalog
         .meters
@@ -453,5 +457,6 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
         }
     }
     let meter_ids = compiled.iter().map(|m| m.meter_id.clone()).collect();
-    Ok(IngestOutput { usage, meter_ids, rejects, counts, events_read, events_used, used_by_window })
+    let meter_seconds = meter_start.elapsed().as_secs_f64();
+    Ok(IngestOutput { usage, meter_ids, rejects, counts, events_read, events_used, used_by_window, meter_seconds })
 }

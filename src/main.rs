@@ -36,6 +36,9 @@ enum Command {
         /// Print the run manifest as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Write the run's stage timings and peak memory (JSON) to this file.
+        #[arg(long, value_name = "FILE")]
+        timings: Option<PathBuf>,
     },
     /// Check the configuration and catalog offline; report every problem at once.
     Validate {
@@ -151,25 +154,35 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     match cli.command {
-        Command::Run { config, as_of, out, strict, json } => match run(&RunOptions { config, as_of, out, strict, ..Default::default() }) {
-            Ok(r) => {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&r.manifest).expect("json"));
-                } else {
-                    eprintln!(
-                        "{} invoices ({} due) written to {}; {} events read, {} used, {} rejected",
-                        r.invoices.len(),
-                        r.invoices.iter().filter(|b| b.due).count(),
-                        r.store,
-                        r.events_read,
-                        r.events_used,
-                        r.events_read - r.events_used
-                    );
+        Command::Run { config, as_of, out, strict, json, timings } => {
+            match run(&RunOptions { config, as_of, out, strict, ..Default::default() }) {
+                Ok(r) => {
+                    if let Some(path) = &timings {
+                        let mut b = serde_json::to_vec_pretty(&r.timings).expect("json");
+                        b.push(b'\n');
+                        if let Err(e) = std::fs::write(path, b) {
+                            eprintln!("error: writing {}: {e}", path.display());
+                            return ExitCode::from(3);
+                        }
+                    }
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&r.manifest).expect("json"));
+                    } else {
+                        eprintln!(
+                            "{} invoices ({} due) written to {}; {} events read, {} used, {} rejected",
+                            r.invoices.len(),
+                            r.invoices.iter().filter(|b| b.due).count(),
+                            r.store,
+                            r.events_read,
+                            r.events_used,
+                            r.events_read - r.events_used
+                        );
+                    }
+                    ExitCode::SUCCESS
                 }
-                ExitCode::SUCCESS
+                Err(e) => fail(e),
             }
-            Err(e) => fail(e),
-        },
+        }
         Command::Validate { config } => match load(&config) {
             Ok((_, cat)) => {
                 eprintln!(

@@ -66,6 +66,71 @@ pub struct RunReport {
     pub late: Vec<crate::settle::LateUsage>,
     /// The ledger after the run.
     pub ledger: Ledger,
+    /// Wall time per stage and peak memory (not in the manifest: a re-run writes the same bytes).
+    pub timings: Timings,
+}
+
+/// Wall time of each stage of a run, in order, and the process's peak resident memory. Logged at
+/// the end of a run and written by `billrun run --timings FILE`; never part of the manifest, which
+/// a re-run with the same inputs must leave byte-identical.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timings {
+    /// load (config, catalog, windows) · read (sources → Arrow) · frame (Arrow → polars) · ingest
+    /// (reject reasons, dedup, accounts, windows, enrichments) · meter (meter columns, usage
+    /// group-by, rejected rows) · rate (invoices) · settle (store, lock, ledger, settlement) ·
+    /// render (invoice files) · rejects (rejects.ndjson) · line_items · write (the store).
+    pub stages: Vec<StageTime>,
+    pub total_seconds: f64,
+    /// Peak resident set size of the process so far (`getrusage`), MiB.
+    pub peak_rss_mib: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StageTime {
+    pub stage: &'static str,
+    pub seconds: f64,
+    /// The process's peak RSS at the end of the stage (MiB): where the peak grows.
+    pub peak_rss_mib: f64,
+}
+
+impl Timings {
+    /// Record `stage` as the time since `since`, and restart `since`.
+    fn lap(&mut self, stage: &'static str, since: &mut Instant) {
+        self.add(stage, since.elapsed().as_secs_f64());
+        *since = Instant::now();
+    }
+
+    /// Move `seconds` of `from` (the last stage) into a new stage `to` that ran inside it; both
+    /// report the peak RSS at the end of `from`.
+    fn split_off(&mut self, from: &'static str, to: &'static str, seconds: f64) {
+        if let Some(i) = self.stages.iter().position(|s| s.stage == from) {
+            self.stages[i].seconds -= seconds;
+            let peak_rss_mib = self.stages[i].peak_rss_mib;
+            self.stages.push(StageTime { stage: to, seconds, peak_rss_mib });
+        }
+    }
+
+    fn add(&mut self, stage: &'static str, seconds: f64) {
+        let peak_rss_mib = peak_rss_mib();
+        match self.stages.iter_mut().find(|s| s.stage == stage) {
+            Some(s) => {
+                s.seconds += seconds;
+                s.peak_rss_mib = peak_rss_mib;
+            }
+            None => self.stages.push(StageTime { stage, seconds, peak_rss_mib }),
+        }
+    }
+}
+
+/// Peak resident set size of this process, in MiB (0 where `getrusage` is unavailable).
+pub fn peak_rss_mib() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes the struct it is given; RUSAGE_SELF is always valid.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    // Linux reports kilobytes
+    ru.ru_maxrss as f64 / 1024.0
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -302,10 +367,14 @@ pub struct Computed {
     pub usage: crate::ingest::Usage,
     /// What the configured event corrections did (`None` without `[corrections]`).
     pub corrected: Option<crate::corrections::Applied>,
+    /// Stages load … rate.
+    pub timings: Timings,
 }
 
 /// Read, ingest, meter, rate and build invoices; no output is written.
 pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
+    let mut timings = Timings::default();
+    let mut lap = Instant::now();
     let (cfg, cat) = load_with(&opts.config, opts.catalog.as_deref())?;
     let as_of = opts.as_of.or(cfg.as_of).ok_or_else(|| RunError::NoAsOf(opts.config.display().to_string()))?;
     let tz = cfg.organization.time_zone;
@@ -317,6 +386,7 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     let mut bad = Vec::new();
     let windows = plan_windows(&cat, tz, as_of);
     let window = ReadWindow { start_us: windows.iter().map(|w| w.start_us).min(), end_us: Some(as_of_us) };
+    timings.lap("load", &mut lap);
     // meter pushdown (src/pushdown.rs): these sources are metered in their database; only
     // their usage table comes back, merged below with the local path's
     let mut pushed = Vec::new();
@@ -330,6 +400,7 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
         bad.extend(out.bad_records);
     }
     drop(pb);
+    timings.lap("read", &mut lap);
     crate::faults::point("reading");
 
     let pb = progress("ingesting and metering");
@@ -346,8 +417,12 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     let frame = frame::build(&batches)?;
     drop(batches);
     let (frame, corrected) = crate::corrections::apply(frame, &corrections, originals)?;
-    let IngestOutput { mut usage, meter_ids, rejects, mut counts, mut events_read, mut events_used, mut used_by_window } =
+    timings.lap("frame", &mut lap);
+    let IngestOutput { mut usage, meter_ids, rejects, mut counts, mut events_read, mut events_used, mut used_by_window, meter_seconds } =
         ingest::ingest(frame, &cat, &windows, as_of_us)?;
+    timings.lap("ingest", &mut lap);
+    // ingest times its meter part: its own stage
+    timings.split_off("ingest", "meter", meter_seconds);
     let corrected = cfg.corrections.is_some().then_some(corrected);
     for p in pushed {
         p.merge_into(&mut usage, &mut counts, &mut events_read, &mut events_used, &mut used_by_window);
@@ -362,7 +437,9 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     }
     crate::faults::point("rating");
     let invoices = build_invoices(&cat, &cfg.organization, &windows, &usage, as_of);
+    timings.lap("rate", &mut lap);
     Ok(Computed {
+        timings,
         usage,
         corrected,
         cfg,
@@ -475,8 +552,10 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         events_read,
         events_used,
         corrected,
+        mut timings,
         ..
     } = c;
+    let mut lap = Instant::now();
     let tz = cfg.organization.time_zone;
     let target = match &opts.out {
         Some(dir) => crate::config::StoreTarget::Local(dir.clone()),
@@ -495,6 +574,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     }
     let settled = crate::settle::settle(&cat, &cfg.organization, cfg.late_usage, as_of, invoices, &before);
     let mut ledger = settled.ledger;
+    timings.lap("settle", &mut lap);
 
     let pb = progress("rendering invoices");
     let renderer = Renderer::new(cfg.templates_dir.as_deref())?;
@@ -511,6 +591,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         other.extend(invoice_files("drafts", b, &renderer)?);
     }
     let draft_keys: std::collections::BTreeSet<String> = other.iter().map(|f| f.0.clone()).collect();
+    timings.lap("render", &mut lap);
     let run_dir = format!("runs/{as_of}");
     let mut rej = String::new();
     for (_, line) in reject_lines(&rejects, &bad, &cat, &meter_ids)? {
@@ -518,6 +599,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         rej.push('\n');
     }
     other.push((format!("{run_dir}/{REJECTS}"), rej.into_bytes()));
+    timings.lap("rejects", &mut lap);
     let mut hb = serde_json::to_vec_pretty(&rating_handoff).expect("handoff serializes");
     hb.push(b'\n');
     other.push((format!("{run_dir}/{SETTLEMENT}"), hb));
@@ -543,6 +625,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     }
     other.push((format!("{run_dir}/{LINE_ITEMS}"), crate::lineitems::to_parquet(&rows)?));
     drop(pb);
+    timings.lap("line_items", &mut lap);
 
     // the run's manifest describes the state as of the date, so a re-run writes the same bytes
     let mut totals: BTreeMap<String, (Decimal, Decimal, crate::money::Currency)> = BTreeMap::new();
@@ -595,6 +678,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         manifest["corrections"] = serde_json::to_value(c).expect("corrections serialize");
     }
     debug_assert_eq!(events_read, events_used + rejected, "every event is used or rejected");
+    timings.lap("render", &mut lap);
 
     let pb = progress("writing the store");
     let mut created: Vec<String> = Vec::new();
@@ -650,6 +734,16 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         store.put(&mkey, &mb)?;
     }
     drop(pb);
+    timings.lap("write", &mut lap);
+    timings.total_seconds = t0.elapsed().as_secs_f64();
+    timings.peak_rss_mib = peak_rss_mib();
+    let split: Vec<String> = timings.stages.iter().map(|s| format!("{} {:.3}", s.stage, s.seconds)).collect();
+    tracing::info!(
+        total_seconds = timings.total_seconds,
+        peak_rss_mib = timings.peak_rss_mib.round(),
+        "stage seconds: {}",
+        split.join(", ")
+    );
     let store_desc = store.describe();
     tracing::info!(
         issued = settled.issued.len(),
@@ -665,5 +759,16 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     );
     let mut all = settled.issued;
     all.extend(settled.drafts);
-    Ok(RunReport { as_of, store: store_desc, invoices: all, counts, events_read, events_used, manifest, late: settled.late, ledger })
+    Ok(RunReport {
+        as_of,
+        store: store_desc,
+        invoices: all,
+        counts,
+        events_read,
+        events_used,
+        manifest,
+        late: settled.late,
+        ledger,
+        timings,
+    })
 }
