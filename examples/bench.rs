@@ -497,7 +497,10 @@ fn main() {
     let built = fs::metadata(&billrun).and_then(|m| m.modified()).ok();
     if let (Some(src), Some(bin), None) = (newest_source, built, &args.billrun) {
         if bin < src {
-            die(format!("{} is older than the sources: run `cargo build --release --bin billrun --example bench` first", billrun.display()));
+            die(format!(
+                "{} is older than the sources: run `cargo build --release --bin billrun --example bench` first",
+                billrun.display()
+            ));
         }
     }
     let config = Path::new(REPO).join("bench/billrun.toml");

@@ -168,11 +168,12 @@ fn main() -> ExitCode {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&r.manifest).expect("json"));
                     } else {
+                        let drafts = r.invoices.iter().filter(|b| b.invoice.status == "DRAFT").count();
                         eprintln!(
-                            "{} invoices ({} due) written to {}; {} events read, {} used, {} rejected",
-                            r.invoices.len(),
-                            r.invoices.iter().filter(|b| b.due).count(),
+                            "{} invoices issued by this run, {drafts} DRAFT previews, in {} (ledger generation {}); {} events read, {} used, {} rejected",
+                            r.invoices.len() - drafts,
                             r.store,
+                            r.ledger.generation,
                             r.events_read,
                             r.events_used,
                             r.events_read - r.events_used
