@@ -171,6 +171,18 @@ impl FileCtx {
 /// file, a bad mapping or an unsupported column type is a [`ConnectorError`];
 /// a bad row is a [`BadRecord`] and the run goes on.
 pub async fn read_files(cfg: &FileSourceConfig) -> Result<SourceOutput, ConnectorError> {
+    let mut batches = Vec::new();
+    let mut out = read_files_into(cfg, &mut |b| batches.push(b)).await?;
+    out.batches = batches;
+    Ok(out)
+}
+
+/// Where a streaming read hands each batch as soon as its file is decoded, in (file, row)
+/// order; the [`SourceOutput`] of a streaming read then holds no batches.
+pub type BatchSink<'a> = &'a mut (dyn FnMut(RecordBatch) + Send);
+
+/// [`read_files`], streaming: each file's batches go to `sink` as soon as the file is read.
+pub async fn read_files_into(cfg: &FileSourceConfig, sink: BatchSink<'_>) -> Result<SourceOutput, ConnectorError> {
     let root_loc = cfg.root.display().to_string();
     let root_err = |kind, msg: String| ConnectorError::new(CONNECTOR, &cfg.name, &root_loc, kind, msg);
 
@@ -196,7 +208,7 @@ pub async fn read_files(cfg: &FileSourceConfig) -> Result<SourceOutput, Connecto
         format: cfg.format,
         mapping: cfg.mapping.as_ref(),
     };
-    read_objects(&src, listed).await
+    read_objects(&src, listed, sink).await
 }
 
 /// Decode NDJSON text of Togai events (as a file would hold them) into canonical batches;
@@ -221,7 +233,7 @@ pub(crate) struct ObjectSource<'a> {
 
 /// Read `listed` objects (any order; filtered and sorted here) with the shared decoders:
 /// hidden names and other extensions are skipped, the rest read in key order.
-pub(crate) async fn read_objects(src: &ObjectSource<'_>, listed: Vec<ObjectMeta>) -> Result<SourceOutput, ConnectorError> {
+pub(crate) async fn read_objects(src: &ObjectSource<'_>, listed: Vec<ObjectMeta>, sink: BatchSink<'_>) -> Result<SourceOutput, ConnectorError> {
     let mut files: Vec<(String, FileFormat, ObjectMeta)> = listed
         .into_iter()
         .filter_map(|meta| {
@@ -240,6 +252,7 @@ pub(crate) async fn read_objects(src: &ObjectSource<'_>, listed: Vec<ObjectMeta>
     files.dedup_by(|a, b| a.0 == b.0);
 
     let mut out = SourceOutput::default();
+    let mut total_rows = 0usize;
     for (path, format, meta) in files {
         let shown = format!("{}{path}", src.display_prefix);
         let ctx = FileCtx { connector: src.connector, source_name: src.name.to_string(), path: shown.clone() };
@@ -266,6 +279,7 @@ pub(crate) async fn read_objects(src: &ObjectSource<'_>, listed: Vec<ObjectMeta>
             }
         };
         let rows: usize = file_out.batches.iter().map(RecordBatch::num_rows).sum();
+        total_rows += rows;
         tracing::debug!(
             source = %src.name,
             file = %shown,
@@ -275,7 +289,9 @@ pub(crate) async fn read_objects(src: &ObjectSource<'_>, listed: Vec<ObjectMeta>
             bad_records = file_out.bad_records.len(),
             "read file"
         );
-        out.batches.extend(file_out.batches);
+        for b in file_out.batches {
+            sink(b);
+        }
         out.bad_records.extend(file_out.bad_records);
         out.files.push(SourceFile { path: shown, bytes: meta.size });
     }
@@ -283,7 +299,7 @@ pub(crate) async fn read_objects(src: &ObjectSource<'_>, listed: Vec<ObjectMeta>
         source = %src.name,
         connector = src.connector,
         files = out.files.len(),
-        rows = out.num_rows(),
+        rows = total_rows,
         bad_records = out.bad_records.len(),
         "source read"
     );

@@ -30,7 +30,7 @@ pub mod sql;
 pub mod store;
 
 pub use error::{ConnectorError, ErrorKind};
-pub use file::{read_files, BadRecord, ColumnMapping, FileFormat, FileSourceConfig, SourceFile, SourceOutput};
+pub use file::{read_files, BadRecord, BatchSink, ColumnMapping, FileFormat, FileSourceConfig, SourceFile, SourceOutput};
 pub use rows::MAX_BATCH_ROWS;
 pub use schema::{parse_timestamp_micros, ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
-pub use source::{read_source, ReadWindow, SourceConfig};
+pub use source::{read_source, read_source_into, ReadWindow, SourceConfig};

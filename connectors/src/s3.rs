@@ -22,7 +22,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
 use serde::Deserialize;
 
 use crate::error::{ConnectorError, ErrorKind};
-use crate::file::{read_objects, validate_mapping, ColumnMapping, FileFormat, ObjectSource, SourceOutput};
+use crate::file::{read_objects, validate_mapping, BatchSink, ColumnMapping, FileFormat, ObjectSource, SourceOutput};
 use crate::source::ReadWindow;
 use crate::sql::Secret;
 use crate::store::{Created, Store, StoreLock, LOCK_NAME};
@@ -216,6 +216,14 @@ impl S3SourceConfig {
 /// Read an S3 source: list the partitions of the window (or the prefix), then every NDJSON/CSV/
 /// Parquet object in key order with the local-files decoders.
 pub async fn read_s3(cfg: &S3SourceConfig, window: &ReadWindow) -> Result<SourceOutput, ConnectorError> {
+    let mut batches = Vec::new();
+    let mut out = read_s3_into(cfg, window, &mut |b| batches.push(b)).await?;
+    out.batches = batches;
+    Ok(out)
+}
+
+/// [`read_s3`], streaming: each object's batches go to `sink` as soon as it is read.
+pub async fn read_s3_into(cfg: &S3SourceConfig, window: &ReadWindow, sink: BatchSink<'_>) -> Result<SourceOutput, ConnectorError> {
     let conn = cfg.conn();
     let loc = conn.url(cfg.prefix.trim_matches('/'));
     let err = |kind, m: String| ConnectorError::new(CONNECTOR, &cfg.name, &loc, kind, m);
@@ -250,7 +258,7 @@ pub async fn read_s3(cfg: &S3SourceConfig, window: &ReadWindow) -> Result<Source
         format: cfg.format,
         mapping: cfg.mapping.as_ref(),
     };
-    read_objects(&src, listed).await
+    read_objects(&src, listed, sink).await
 }
 
 // ------------------------------------------------------------------------------------- store

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::ConnectorError;
-use crate::file::{read_files, ColumnMapping, FileFormat, FileSourceConfig, SourceOutput};
+use crate::file::{read_files, BatchSink, ColumnMapping, FileFormat, FileSourceConfig, SourceOutput};
 use crate::postgres::{read_postgres, PostgresConfig};
 use crate::prometheus::{read_prometheus, PrometheusConfig};
 use crate::s3::{read_s3, S3SourceConfig};
@@ -123,6 +123,26 @@ pub async fn read_source(cfg: &SourceConfig, window: &ReadWindow) -> Result<Sour
         SourceConfig::S3(c) => read_s3(c, window).await,
         SourceConfig::Prometheus(c) => read_prometheus(c, window).await,
         SourceConfig::Snowflake(c) => read_snowflake(c, window).await,
+    }
+}
+
+/// [`read_source`], streaming where the source reads file by file (local files, S3): batches go
+/// to `sink` as they are decoded, so a run need not hold the whole input at once. Other sources
+/// hand over their batches at the end. The returned output holds no batches.
+pub async fn read_source_into(cfg: &SourceConfig, window: &ReadWindow, sink: BatchSink<'_>) -> Result<SourceOutput, ConnectorError> {
+    match cfg {
+        SourceConfig::Files { name, path, format, mapping } => {
+            let c = FileSourceConfig { name: name.clone(), root: path.clone(), format: *format, mapping: mapping.clone() };
+            crate::file::read_files_into(&c, sink).await
+        }
+        SourceConfig::S3(c) => crate::s3::read_s3_into(c, window, sink).await,
+        other => {
+            let mut out = read_source(other, window).await?;
+            for b in std::mem::take(&mut out.batches) {
+                sink(b);
+            }
+            Ok(out)
+        }
     }
 }
 

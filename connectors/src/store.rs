@@ -43,6 +43,15 @@ pub trait Store: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<String>, ConnectorError>;
     /// Write whole: a reader sees the old bytes or the new ones, never a part.
     fn put(&self, key: &str, bytes: &[u8]) -> Result<(), ConnectorError>;
+    /// [`Store::put`], whole as well, but durable only after the next [`Store::sync`]: for the
+    /// many objects of a run, one barrier instead of one per object.
+    fn put_deferred(&self, key: &str, bytes: &[u8]) -> Result<(), ConnectorError> {
+        self.put(key, bytes)
+    }
+    /// Make every [`Store::put_deferred`] so far durable.
+    fn sync(&self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
     /// Create only if absent: of two concurrent callers exactly one gets `Created`.
     fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<Created, ConnectorError>;
     /// Remove (absent is fine).
@@ -161,6 +170,10 @@ impl LocalStore {
 
     /// Write `bytes` to a new temporary file beside `target` and fsync it.
     fn write_temp(&self, target: &Path, bytes: &[u8]) -> Result<PathBuf, ConnectorError> {
+        self.write_temp_with(target, bytes, true)
+    }
+
+    fn write_temp_with(&self, target: &Path, bytes: &[u8], durable: bool) -> Result<PathBuf, ConnectorError> {
         let dir = target.parent().unwrap_or(&self.root);
         std::fs::create_dir_all(dir).map_err(|e| err(dir, format!("cannot create the directory: {e}")))?;
         let name = target.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
@@ -168,7 +181,10 @@ impl LocalStore {
         let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
         let written = OpenOptions::new().write(true).create_new(true).open(&tmp).and_then(|mut f| {
             f.write_all(bytes)?;
-            f.sync_all()
+            if durable {
+                f.sync_all()?;
+            }
+            Ok(())
         });
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
@@ -182,6 +198,31 @@ impl LocalStore {
 #[cfg(unix)]
 fn sync_dir(dir: &Path) -> Result<(), ConnectorError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| err(dir, format!("cannot sync the directory: {e}")))
+}
+
+/// Make everything written to the file system of `dir` durable (data and renames): `syncfs(2)`.
+#[cfg(target_os = "linux")]
+fn sync_fs(dir: &Path) -> Result<(), ConnectorError> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir).map_err(|e| err(dir, format!("cannot open the store to sync it: {e}")))?;
+    // SAFETY: syncfs takes an open descriptor, which `d` holds for the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(err(dir, format!("cannot sync the file system: {}", std::io::Error::last_os_error())));
+    }
+    Ok(())
+}
+
+/// Elsewhere: a global `sync(2)` (no per-file-system barrier).
+#[cfg(all(unix, not(target_os = "linux")))]
+fn sync_fs(_dir: &Path) -> Result<(), ConnectorError> {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn sync_fs(_dir: &Path) -> Result<(), ConnectorError> {
+    Ok(())
 }
 
 /// Directories cannot be opened for fsync here; renames are as durable as the file system makes them.
@@ -256,6 +297,20 @@ impl Store for LocalStore {
             return Err(err(&target, format!("cannot replace: {e}")));
         }
         sync_dir(target.parent().unwrap_or(&self.root))
+    }
+
+    fn put_deferred(&self, key: &str, bytes: &[u8]) -> Result<(), ConnectorError> {
+        let target = self.path(key)?;
+        let tmp = self.write_temp_with(&target, bytes, false)?;
+        if let Err(e) = std::fs::rename(&tmp, &target) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(&target, format!("cannot replace: {e}")));
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), ConnectorError> {
+        sync_fs(&self.root)
     }
 
     fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<Created, ConnectorError> {
