@@ -233,7 +233,11 @@ pub(crate) struct ObjectSource<'a> {
 
 /// Read `listed` objects (any order; filtered and sorted here) with the shared decoders:
 /// hidden names and other extensions are skipped, the rest read in key order.
-pub(crate) async fn read_objects(src: &ObjectSource<'_>, listed: Vec<ObjectMeta>, sink: BatchSink<'_>) -> Result<SourceOutput, ConnectorError> {
+pub(crate) async fn read_objects(
+    src: &ObjectSource<'_>,
+    listed: Vec<ObjectMeta>,
+    sink: BatchSink<'_>,
+) -> Result<SourceOutput, ConnectorError> {
     let mut files: Vec<(String, FileFormat, ObjectMeta)> = listed
         .into_iter()
         .filter_map(|meta| {
