@@ -93,6 +93,10 @@ pub struct RawRun {
     /// Default as-of date (the run happens at 00:00 of this date in the org time zone).
     #[serde(default)]
     pub as_of: Option<String>,
+    /// Events held in memory at once; past it the input is partitioned by account into spill
+    /// files (default 1,000,000: about 0.3 GiB of events).
+    #[serde(default)]
+    pub memory_rows: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,6 +157,8 @@ pub struct Config {
     pub file: PathBuf,
     pub organization: Organization,
     pub as_of: Option<NaiveDate>,
+    /// `[run] memory_rows`.
+    pub memory_rows: Option<usize>,
     pub catalog_dir: PathBuf,
     pub sources: Vec<SourceConfig>,
     pub store: StoreTarget,
@@ -330,6 +336,9 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Diagnostics> {
             None
         }
     });
+    if raw.run.memory_rows == Some(0) {
+        d.push(Diagnostic::new(path, "run.memory_rows", "must be at least 1 (events held in memory at once)"));
+    }
     if raw.sources.is_empty() {
         d.push(Diagnostic::new(path, "sources", "at least one [[sources]] entry is required"));
     }
@@ -359,6 +368,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Diagnostics> {
             address: o.address.clone().unwrap_or_default(),
         },
         as_of,
+        memory_rows: raw.run.memory_rows,
         catalog_dir: resolve(&raw.catalog.dir),
         sources: raw
             .sources

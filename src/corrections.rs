@@ -117,44 +117,78 @@ pub fn payloads(corrections: &[Correction]) -> Result<billrun_connectors::Source
     Ok(billrun_connectors::file::decode_ndjson("corrections", "corrections (REDO_EVENT payloads)", text.as_bytes())?)
 }
 
-/// Take the corrected events out of the frame: every original (arrival number below
-/// `originals`) whose id an UNDO or REDO_EVENT names. The payloads appended after them stay.
-pub fn apply(frame: EventFrame, corrections: &[Correction], originals: usize) -> Result<(EventFrame, Applied), CorrectionsError> {
-    let mut applied = Applied::default();
-    if corrections.is_empty() {
-        return Ok((frame, applied));
+/// Which corrected ids the sources have: noted batch by batch while the sources are read (the
+/// input may be partitioned afterwards, so this is decided over all of it).
+#[derive(Debug, Default)]
+pub struct Presence {
+    wanted: std::collections::HashSet<String>,
+    found: std::collections::BTreeSet<String>,
+}
+
+impl Presence {
+    pub fn new(corrections: &[Correction]) -> Self {
+        Presence { wanted: corrections.iter().map(|c| c.id.clone()).collect(), found: Default::default() }
     }
-    let EventFrame { df, columns } = frame;
-    let all: Vec<String> = corrections.iter().map(|c| c.id.clone()).collect();
-    let original = col(SEQ).cast(DataType::Int64).lt(lit(originals as i64));
-    let named = col(EVENT_ID).is_in(lit(Series::new("ids".into(), all)).implode(true), false).fill_null(lit(false));
-    // which named ids exist among the originals (a small frame: at most one row per correction)
-    let present =
-        df.clone().lazy().filter(original.clone().and(named)).select([col(EVENT_ID)]).unique(None, UniqueKeepStrategy::Any).collect()?;
-    let present: std::collections::BTreeSet<String> = present.column(EVENT_ID)?.str()?.iter().flatten().map(str::to_string).collect();
-    let mut remove = Vec::new();
+
+    /// Note the named ids among one batch of the sources' events.
+    pub fn note(&mut self, batch: &arrow::record_batch::RecordBatch) {
+        if self.wanted.is_empty() {
+            return;
+        }
+        let Some(ids) = batch.column_by_name(EVENT_ID) else { return };
+        let Ok(ids) = arrow::compute::cast(ids, &arrow::datatypes::DataType::Utf8) else { return };
+        use arrow::array::AsArray;
+        for id in ids.as_string::<i32>().iter().flatten() {
+            if self.wanted.contains(id) && !self.found.contains(id) {
+                self.found.insert(id.to_string());
+            }
+        }
+    }
+}
+
+/// What the corrections do to this run's events: counts, and which ids go.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub applied: Applied,
+    remove: Vec<String>,
+}
+
+/// Decide the corrections against the ids the sources have.
+pub fn plan(corrections: &[Correction], presence: &Presence) -> Plan {
+    let mut plan = Plan::default();
     for c in corrections {
-        if !present.contains(&c.id) {
-            applied.not_found.push(c.id.clone());
+        if !presence.found.contains(&c.id) {
+            plan.applied.not_found.push(c.id.clone());
             continue;
         }
         match c.action {
-            Action::Undo => applied.undone += 1,
-            Action::Redo => applied.redone += 1,
-            Action::RedoEvent => applied.replaced += 1,
+            Action::Undo => plan.applied.undone += 1,
+            Action::Redo => plan.applied.redone += 1,
+            Action::RedoEvent => plan.applied.replaced += 1,
         }
         if c.action != Action::Redo {
-            remove.push(c.id.clone());
+            plan.remove.push(c.id.clone());
         }
     }
-    for id in &applied.not_found {
+    for id in &plan.applied.not_found {
         tracing::warn!(event = %id, "a correction names an event the sources do not have; nothing to correct");
     }
-    let gone = col(EVENT_ID).is_in(lit(Series::new("gone".into(), remove)).implode(true), false).fill_null(lit(false));
-    // a corrected payload for an event that does not exist is not a new event either
+    plan
+}
+
+/// Take the corrected events out of the frame: every original (arrival number below
+/// `originals`) whose id an UNDO or REDO_EVENT names. The payloads appended after them stay,
+/// but for an event the sources do not have (a corrected payload is not a new event either).
+pub fn apply(frame: EventFrame, plan: &Plan, originals: u64) -> Result<EventFrame, CorrectionsError> {
+    if plan.remove.is_empty() && plan.applied.not_found.is_empty() {
+        return Ok(frame);
+    }
+    let EventFrame { df, columns } = frame;
+    let original = col(SEQ).cast(DataType::Int64).lt(lit(originals as i64));
+    let gone = col(EVENT_ID).is_in(lit(Series::new("gone".into(), plan.remove.clone())).implode(true), false).fill_null(lit(false));
     let orphan =
-        col(EVENT_ID).is_in(lit(Series::new("orphans".into(), applied.not_found.clone())).implode(true), false).fill_null(lit(false));
+        col(EVENT_ID).is_in(lit(Series::new("orphans".into(), plan.applied.not_found.clone())).implode(true), false).fill_null(lit(false));
     let drop = original.clone().and(gone).or(original.not().and(orphan));
     let df = df.lazy().filter(drop.not()).collect()?;
-    Ok((EventFrame { df, columns }, applied))
+    Ok(EventFrame { df, columns })
 }

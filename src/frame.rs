@@ -208,11 +208,24 @@ pub fn build(batches: &[RecordBatch]) -> Result<EventFrame, FrameError> {
     }
     let bad: ArrayRef = Arc::new(BooleanArray::from(bad_any));
     cols.push(to_polars(BAD_ATTR, &bad)?);
-    let raw: ArrayRef = Arc::new(StringArray::from(
-        (0..total).map(|i| raw_bad.remove(&i).map(|v| serde_json::Value::Array(v).to_string())).collect::<Vec<_>>(),
-    ));
+    let raw: ArrayRef = if raw_bad.is_empty() {
+        arrow::array::new_null_array(&ADataType::Utf8, total)
+    } else {
+        Arc::new(StringArray::from(
+            (0..total).map(|i| raw_bad.remove(&i).map(|v| serde_json::Value::Array(v).to_string())).collect::<Vec<_>>(),
+        ))
+    };
     cols.push(to_polars(RAW_ATTRS, &raw)?);
-    let df = DataFrame::new(total, cols)?.with_row_index(SEQ.into(), None)?;
+    // arrival numbers: given by the partitioner (global over the run), else the row's position
+    let df = if batches.first().is_some_and(|b| b.column_by_name(SEQ).is_some()) {
+        let parts: Vec<ArrayRef> = batches.iter().map(|b| get(b, SEQ)).collect();
+        let seq = concat(parts)?;
+        let mut df = DataFrame::new(total, cols)?;
+        df.insert_column(0, to_polars(SEQ, &seq)?)?;
+        df
+    } else {
+        DataFrame::new(total, cols)?.with_row_index(SEQ.into(), None)?
+    };
     Ok(EventFrame { df, columns: FrameColumns { attributes: attr_scales, dimensions: dims } })
 }
 

@@ -1,20 +1,22 @@
 //! Ingest and meter: every event either counts towards usage or gets exactly one reject reason.
 //!
-//! Column-wise throughout (polars): validity, first-arrival dedup, account and alias resolution
-//! at the event's time, schedule and cycle assignment, grace period, then the compiled meters
-//! and one group-by that yields the usage table (window × meter → quantity).
+//! Validity is a polars expression; first-arrival dedup, account and alias resolution at the
+//! event's time, schedule and cycle assignment and the grace period are one native pass
+//! (`assign.rs`); then the compiled meters (polars) and one group-by that yields the usage table
+//! (window × meter → quantity). Called once per partition of the input (`partition.rs`).
 
 use std::collections::BTreeMap;
 
 use polars::prelude::*;
 use rust_decimal::Decimal;
 
+use crate::assign::Assigner;
 use crate::catalog::{Aggregation, Catalog};
 use crate::frame::{EventFrame, BAD_ATTR, SEQ};
 use crate::meter::{compile_meter, enrichment_column, CompiledMeter};
 use crate::numeric;
 use crate::windows::Window;
-use billrun_connectors::schema::{ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
+use billrun_connectors::schema::{ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
 
 /// Why an event was not used. Codes are Togai's ingestion statuses where one exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -168,15 +170,48 @@ fn keep(r: Expr, reason: Reason, cond: Expr) -> Expr {
     when(r.clone().neq(code(0))).then(r).when(cond).then(code(reason as u8)).otherwise(code(0))
 }
 
-fn strings(name: &str, v: impl IntoIterator<Item = String>) -> Expr {
-    lit(Series::new(name.into(), v.into_iter().collect::<Vec<_>>())).implode(true)
+/// Whether the frame's rows are already in arrival order: ingested-at non-decreasing with its
+/// nulls last, and `__seq` increasing.
+fn in_arrival_order(df: &DataFrame) -> PolarsResult<bool> {
+    let ing = df.column(INGESTED_AT)?.i64()?;
+    let seq = df.column(SEQ)?.idx()?;
+    let mut prev: Option<(Option<i64>, IdxSize)> = None;
+    for (i, s) in ing.iter().zip(seq.iter()) {
+        let s = s.unwrap_or(0);
+        if let Some((pi, ps)) = prev {
+            let ordered = match (pi, i) {
+                (Some(a), Some(b)) => a < b || (a == b && ps < s),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => ps < s,
+            };
+            if !ordered {
+                return Ok(false);
+            }
+        }
+        prev = Some((i, s));
+    }
+    Ok(true)
 }
 
 /// Ingest the event frame against the catalog and the billing windows.
-pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us: i64) -> Result<IngestOutput, IngestError> {
+pub fn ingest(
+    frame: EventFrame,
+    catalog: &Catalog,
+    windows: &[Window],
+    assigner: &Assigner,
+    as_of_us: i64,
+) -> Result<IngestOutput, IngestError> {
     let EventFrame { df, columns } = frame;
     let events_read = df.height() as u64;
-    let df = df.sort([INGESTED_AT, SEQ], SortMultipleOptions::default().with_nulls_last(true).with_maintain_order(true))?;
+    // arrival order: by ingested-at (nulls last), then input order; sources usually give it
+    // already (no ingested-at column at all, or rows read in arrival order), and a sort moves
+    // every column
+    let df = if in_arrival_order(&df)? {
+        df
+    } else {
+        df.sort([INGESTED_AT, SEQ], SortMultipleOptions::default().with_nulls_last(true).with_maintain_order(true))?
+    };
 
     // 1-4: validity, id, dedup, schema
     let mut undeclared = lit(false);
@@ -195,61 +230,13 @@ pub fn ingest(frame: EventFrame, catalog: &Catalog, windows: &[Window], as_of_us
         .when(col(EVENT_ID).is_null().or(col(EVENT_ID).eq(lit(""))))
         .then(code(Reason::NoEventId as u8))
         .otherwise(code(0));
-    let lf = df.lazy().with_column(r1.alias(REASON));
-    let key = when(col(REASON).eq(code(0))).then(col(EVENT_ID)).otherwise(lit(Null {}).cast(DataType::String));
-    let dup = col(REASON).eq(code(0)).and(key.is_first_distinct().not());
-    let schemas = strings("schemas", catalog.event_schemas.keys().cloned());
-    let known_schema = col(SCHEMA_NAME).is_in(schemas, false).fill_null(lit(false));
-    let lf = lf.with_column(keep(col(REASON), Reason::Duplicate, dup).alias(REASON));
-    let lf = lf.with_column(keep(col(REASON), Reason::SchemaNotDefined, known_schema.not()).alias(REASON));
-
-    // 5-6: account (id, then alias valid at the event's timestamp), as-of
-    let accounts = strings("accounts", catalog.accounts.keys().cloned());
-    let (mut ak, mut aa, mut af, mut au) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for acc in catalog.accounts.values() {
-        for al in &acc.aliases {
-            ak.push(al.value.clone());
-            aa.push(acc.id.clone());
-            af.push(al.from.map_or(i64::MIN, |t| t.timestamp_micros()));
-            au.push(al.until.map_or(i64::MAX, |t| t.timestamp_micros()));
-        }
-    }
-    let alias_df = df!("__alias_key" => ak, "__alias_account" => aa, "__alias_from" => af, "__alias_until" => au)?;
-    let direct = col(ACCOUNT_ID).is_in(accounts.clone(), false).fill_null(lit(false));
-    let via_alias = lf
-        .clone()
-        .filter(col(REASON).eq(code(0)).and(direct.clone().not()))
-        .select([col(SEQ), col(ACCOUNT_ID), col(TIMESTAMP)])
-        .inner_join(alias_df.lazy(), col(ACCOUNT_ID), col("__alias_key"))
-        .filter(col(TIMESTAMP).gt_eq(col("__alias_from")).and(col(TIMESTAMP).lt(col("__alias_until"))))
-        .select([col(SEQ), col("__alias_account")]);
-    let lf = lf
-        .left_join(via_alias, col(SEQ), col(SEQ))
-        .with_column(when(direct).then(col(ACCOUNT_ID)).otherwise(col("__alias_account")).alias(ACCOUNT));
-    let lf = lf.with_column(keep(col(REASON), Reason::AccountNotFound, col(ACCOUNT).is_null()).alias(REASON));
-    let after = col(TIMESTAMP).gt_eq(lit(as_of_us)).or(col(INGESTED_AT).gt_eq(lit(as_of_us)).fill_null(lit(false)));
-    let lf = lf.with_column(keep(col(REASON), Reason::AfterAsOf, after).alias(REASON));
-
-    // 7-8: window (schedule × cycle) and grace period
-    let win_df = df!(
-        "__w_id" => windows.iter().map(|w| w.id).collect::<Vec<_>>(),
-        "__w_account" => windows.iter().map(|w| w.account_id.clone()).collect::<Vec<_>>(),
-        "__w_start" => windows.iter().map(|w| w.start_us).collect::<Vec<_>>(),
-        "__w_end" => windows.iter().map(|w| w.end_us).collect::<Vec<_>>(),
-        "__w_due" => windows.iter().map(|w| w.due_us).collect::<Vec<_>>(),
-    )?;
-    let assigned = lf
-        .clone()
-        .filter(col(REASON).eq(code(0)))
-        .select([col(SEQ), col(ACCOUNT), col(TIMESTAMP)])
-        .inner_join(win_df.lazy(), col(ACCOUNT), col("__w_account"))
-        .filter(col(TIMESTAMP).gt_eq(col("__w_start")).and(col(TIMESTAMP).lt(col("__w_end"))))
-        .select([col(SEQ), col("__w_id").alias(WINDOW), col("__w_due")]);
-    let lf = lf.left_join(assigned, col(SEQ), col(SEQ));
-    let lf = lf.with_column(keep(col(REASON), Reason::NotMetered, col(WINDOW).is_null()).alias(REASON));
-    let late = col(INGESTED_AT).gt_eq(col("__w_due")).fill_null(lit(false));
-    let lf = lf.with_column(keep(col(REASON), Reason::PastGracePeriod, late).alias(REASON));
-    let df = lf.collect()?;
+    // 3-8 (dedup, schema, account, as-of, window, grace): one native pass in arrival order
+    let mut df = df.lazy().with_column(r1.alias(REASON)).collect()?;
+    let a = assigner.assign(&df, df.column(REASON)?.u32()?, as_of_us)?;
+    df.with_column(a.reason.into_column())?;
+    df.with_column(a.account.into_column())?;
+    df.with_column(a.window.into_column())?;
+    df.with_column(a.due.into_column())?;
 
     // enrichment dependencies: each account's setting value, as a frame field
     let mut columns = columns;

@@ -1,6 +1,7 @@
 //! billrun: offline batch billing. Togai catalog and usage in, rated invoices out.
 //! See ARCHITECTURE.md for the map of modules and their invariants.
 
+pub mod assign;
 pub mod catalog;
 pub mod config;
 pub mod corrections;
@@ -21,6 +22,7 @@ pub mod lineitems;
 pub mod meter;
 pub mod money;
 pub mod numeric;
+pub mod partition;
 pub mod pushdown;
 pub mod rate;
 pub mod render;

@@ -4,7 +4,7 @@
 //! for events that count, each meter's COUNT or exact SUM.
 //!
 //! The query mirrors `ingest` + `meter` step for step (see ARCHITECTURE.md): validity, first-arrival
-//! dedup (`ROW_NUMBER` over the event id), known schema, account or alias valid at the event's
+//! dedup (`ROW_NUMBER` over the account group and event id), known schema, account or alias valid at the event's
 //! time, as-of, billing window (half-open, joined on account and time), grace period, then every
 //! meter's filters (AND of equality tests), first-truthy matcher/computation pairs, and the
 //! UNITS_INVALID / NO_MATCHING_METERS reasons. JSON-logic division keeps 4 decimals half-up and is
@@ -920,6 +920,13 @@ pub fn compile(
             ]
         })
         .collect();
+    // dedup is per account group (src/assign.rs): every account id and alias value → its group
+    let groups: Vec<Vec<Param>> = crate::assign::Assigner::new(catalog, windows)
+        .group_table()
+        .into_iter()
+        .map(|(k, g)| vec![Param::Text(k.to_string()), Param::Text(g.to_string())])
+        .collect();
+    let grp_t = g.table("grp", &[("gk", true), ("gid", true)], groups);
     let acc_t = g.table("acc", &[("aid", true)], accounts);
     let ali_t = g.table("ali", &[("ak", true), ("aacct", true), ("af", false), ("au", false)], aliases);
     let win_t = g.table("win", &[("wid", false), ("wacct", true), ("ws", false), ("we", false), ("wdue", false)], wins);
@@ -932,17 +939,18 @@ pub fn compile(
 
     let user = user_sql.trim().trim_end_matches(';').trim_end();
     let mut sql = format!("WITH src AS (\n{user}\n),\nev AS (SELECT {} FROM src),\n", ev_cols.join(", "));
-    sql.push_str(&format!("{acc_t},\n{ali_t},\n{win_t},\n"));
+    sql.push_str(&format!("{grp_t},\n{acc_t},\n{ali_t},\n{win_t},\n"));
     sql.push_str(&format!(
         "r1 AS (SELECT ev.*, CASE WHEN ts IS NULL OR {invalid} THEN 1 WHEN eid IS NULL OR eid = '' THEN 2 ELSE 0 END AS r0 FROM ev),\n"
     ));
     // byte equality of ids, as polars compares them (and a much cheaper sort than a locale's)
-    let eid_key = match dialect {
-        Dialect::Postgres => "eid COLLATE \"C\"",
-        Dialect::Snowflake => "eid",
+    let (eid_key, group_key) = match dialect {
+        Dialect::Postgres => ("eid COLLATE \"C\"", "COALESCE(grp.gid, r1.acct) COLLATE \"C\""),
+        Dialect::Snowflake => ("eid", "COALESCE(grp.gid, r1.acct)"),
     };
     sql.push_str(&format!(
-        "r2 AS (SELECT r1.*, ROW_NUMBER() OVER (PARTITION BY {eid_key}, r0 ORDER BY ing ASC NULLS LAST, seq ASC) AS rn FROM r1),\n"
+        "r2 AS (SELECT r1.*, ROW_NUMBER() OVER (PARTITION BY {group_key}, {eid_key}, r0 ORDER BY ing ASC NULLS LAST, seq ASC) AS rn \
+         FROM r1 LEFT JOIN grp ON grp.gk = r1.acct),\n"
     ));
     sql.push_str(
         "r3 AS (SELECT r2.*, COALESCE(acc.aid, ali.aacct) AS account FROM r2 \

@@ -180,10 +180,11 @@ impl Renderer {
 
     /// Render one invoice to (HTML, text).
     pub fn render(&self, inv: &Invoice) -> Result<(String, String), RenderError> {
-        let v = view(inv);
         fn err(t: &'static str) -> impl Fn(handlebars::RenderError) -> RenderError {
             move |e| RenderError::Template { template: format!("{t}.hbs"), message: e.to_string() }
         }
-        Ok((self.html.render(HTML, &v).map_err(err(HTML))?, self.text.render(TEXT, &v).map_err(err(TEXT))?))
+        // one JSON context for both templates
+        let ctx = handlebars::Context::wraps(view(inv)).map_err(err(HTML))?;
+        Ok((self.html.render_with_context(HTML, &ctx).map_err(err(HTML))?, self.text.render_with_context(TEXT, &ctx).map_err(err(TEXT))?))
     }
 }

@@ -253,7 +253,7 @@ fn wallet_credit(l: &mut Ledger, account: &str, currency: &str, id: &str, amount
 }
 
 /// Top-ups, opening balances and refunds dated up to `day` that the ledger does not hold yet.
-fn register_day(cat: &Catalog, rated: &[BuiltInvoice], l: &mut Ledger, day: NaiveDate) {
+fn register_day(cat: &Catalog, refunds: &[crate::handoff::Refund], l: &mut Ledger, day: NaiveDate) {
     for w in cat.billing.wallets.values().filter(|w| w.active && w.effective_from <= day) {
         wallet_credit(l, &w.account_id, &w.currency, &format!("{}.opening", w.id), w.balance, w.effective_from);
     }
@@ -266,7 +266,7 @@ fn register_day(cat: &Catalog, rated: &[BuiltInvoice], l: &mut Ledger, day: Naiv
             wallet_credit(l, &t.account_id, &acc.currency.code, &t.id, t.amount, t.date);
         }
     }
-    let mut refunds: Vec<_> = rated.iter().flat_map(|b| b.handoff.refunds.iter()).filter(|r| r.date <= day).collect();
+    let mut refunds: Vec<_> = refunds.iter().filter(|r| r.date <= day).collect();
     refunds.sort_by(|a, b| (a.date, &a.id).cmp(&(b.date, &b.id)));
     for r in refunds {
         let amount = parse_amount(&r.amount);
@@ -670,7 +670,10 @@ pub fn settle(
     let mut to_issue = Vec::new();
     let mut drafts = Vec::new();
     let mut late = Vec::new();
-    for b in &rated {
+    // the prorated refunds of every rated invoice (issued or not), registered by date
+    let refunds: Vec<crate::handoff::Refund> = rated.iter().flat_map(|b| b.handoff.refunds.iter().cloned()).collect();
+    for owned in rated {
+        let b = &owned;
         if let Some(entry) = l.issued.get(&b.invoice.id).cloned() {
             let now = rated_map(b);
             if now == entry.rated {
@@ -743,23 +746,26 @@ pub fn settle(
             }
             late.push(report);
         } else if b.due {
-            to_issue.push(b.clone());
+            to_issue.push(owned);
         } else {
-            drafts.push(b.clone());
+            drafts.push(owned);
         }
     }
 
     // issue, day by day
     to_issue.sort_by_key(issue_key);
-    let mut issued: Vec<BuiltInvoice> = Vec::new();
-    let days: BTreeSet<NaiveDate> = to_issue.iter().map(|b| b.invoice.invoice_date).collect();
-    for day in days {
-        register_day(cat, &rated, &mut l, day);
-        for b in to_issue.iter().filter(|b| b.invoice.invoice_date == day && b.handoff.credit_grants.iter().any(|g| g.status == "GRANTED"))
-        {
+    let mut issued: Vec<BuiltInvoice> = Vec::with_capacity(to_issue.len());
+    let mut rest = to_issue.into_iter().peekable();
+    while let Some(day) = rest.peek().map(|b| b.invoice.invoice_date) {
+        let mut today = Vec::new();
+        while let Some(b) = rest.next_if(|b| b.invoice.invoice_date == day) {
+            today.push(b);
+        }
+        register_day(cat, &refunds, &mut l, day);
+        for b in today.iter().filter(|b| b.handoff.credit_grants.iter().any(|g| g.status == "GRANTED")) {
             register_grants(org, b, false, &mut l);
         }
-        for mut b in to_issue.iter().filter(|b| b.invoice.invoice_date == day).cloned() {
+        for mut b in today {
             let rated_lines = if b.invoice.metadata.contains_key("adjusts") { BTreeMap::new() } else { rated_map(&b) };
             let custom = cat.billing.custom_invoices.iter().find(|c| b.invoice.metadata.get("customInvoiceId") == Some(&c.id));
             let (use_credits, use_wallet) = custom.map_or((true, true), |c| (c.apply_credits, c.apply_wallet_balance));
@@ -769,7 +775,7 @@ pub fn settle(
             issued.push(b);
         }
     }
-    register_day(cat, &rated, &mut l, as_of);
+    register_day(cat, &refunds, &mut l, as_of);
 
     // invoice groups: a group's invoices issued on one day become one COMPOSITE invoice
     let mut groups: BTreeMap<(String, NaiveDate), Vec<usize>> = BTreeMap::new();
@@ -815,12 +821,14 @@ pub fn settle(
 
     // DRAFT previews against what remains (a scratch copy: holds are not consumption)
     drafts.sort_by_key(issue_key);
-    let mut scratch = l.clone();
-    for b in &mut drafts {
-        let custom = cat.billing.custom_invoices.iter().find(|c| b.invoice.metadata.get("customInvoiceId") == Some(&c.id));
-        let use_credits = custom.is_none_or(|c| c.apply_credits);
-        settle_one(cat, org, b, &mut scratch, false, use_credits, false);
-        b.invoice.status = "DRAFT";
+    if !drafts.is_empty() {
+        let mut scratch = l.clone();
+        for b in &mut drafts {
+            let custom = cat.billing.custom_invoices.iter().find(|c| b.invoice.metadata.get("customInvoiceId") == Some(&c.id));
+            let use_credits = custom.is_none_or(|c| c.apply_credits);
+            settle_one(cat, org, b, &mut scratch, false, use_credits, false);
+            b.invoice.status = "DRAFT";
+        }
     }
 
     // credits past their validity that no open invoice can use any more expire
@@ -843,12 +851,10 @@ pub fn settle(
         }
     }
 
-    let mut same = l.clone();
-    same.generation = before.generation;
-    same.as_of = before.as_of;
-    if same == *before {
-        l = before.clone();
-    } else {
+    // unchanged but for the generation: the ledger stays where it was (no clone of it)
+    l.generation = before.generation;
+    l.as_of = before.as_of;
+    if l != *before {
         l.generation = before.generation + 1;
         l.as_of = Some(as_of);
     }

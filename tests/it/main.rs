@@ -44,7 +44,10 @@ pub fn snapshot(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
             if p.is_dir() {
                 walk(root, &p, out);
             } else {
-                out.insert(p.strip_prefix(root).unwrap().display().to_string(), std::fs::read(&p).unwrap());
+                // a manifest's `performance` (timings of one execution) left out
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                let bytes = billrun::scenario::comparable(&rel, std::fs::read(&p).unwrap());
+                out.insert(rel, bytes);
             }
         }
     }

@@ -1,0 +1,265 @@
+//! Row assignment, natively: each event's first reject reason among dedup, schema, account,
+//! as-of, window and grace period, or its account and billing window.
+//!
+//! This is the part of ingest that is a lookup per row rather than a column expression. Done with
+//! hash joins on text keys it cost most of a run (the 36-character event ids, 100k accounts);
+//! here it is one pass over the rows in arrival order with hash maps built once per run:
+//! - dedup keeps the first arrival of each (account group, event id), on 128-bit keys for
+//!   canonical UUIDs and on the text otherwise (exact either way);
+//! - the account is the raw value when it names an account, else the alias valid at the event's
+//!   timestamp;
+//! - the window is found by binary search in the account's windows (sorted by start).
+//!
+//! Account groups tie together accounts that share an alias value, so that every event that can
+//! resolve to an account has the same partition key ([`Assigner::partition_key`]) and the same
+//! dedup scope, whatever the partitioning: results never depend on how a run is partitioned.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+
+use foldhash::fast::FixedState;
+use polars::prelude::*;
+
+use crate::catalog::Catalog;
+use crate::ingest::Reason;
+use crate::windows::Window;
+
+type Map<K, V> = HashMap<K, V, FixedState>;
+type Set<K> = HashSet<K, FixedState>;
+
+/// One alias of an account: (account index, valid from, valid until) in µs, half-open.
+type AliasSpan = (u32, i64, i64);
+
+/// One window of an account: (start, end, window id, due) in µs.
+type Span = (i64, i64, u32, i64);
+
+/// The catalog's accounts, aliases and windows, indexed for per-row lookups. Built once per run.
+pub struct Assigner<'c> {
+    index: Map<&'c str, u32>,
+    ids: Vec<&'c str>,
+    /// Account index → index of its group's representative (the smallest account of the group).
+    group: Vec<u32>,
+    aliases: Map<&'c str, Vec<AliasSpan>>,
+    /// Alias value → group representative.
+    alias_group: Map<&'c str, u32>,
+    windows: Vec<Vec<Span>>,
+    schemas: Set<&'c str>,
+}
+
+/// The reason and assignment columns of a frame, in its row order.
+pub struct Assigned {
+    pub reason: UInt32Chunked,
+    pub account: StringChunked,
+    pub window: UInt32Chunked,
+    pub due: Int64Chunked,
+}
+
+fn find(parent: &mut [u32], mut x: u32) -> u32 {
+    while parent[x as usize] != x {
+        let up = parent[parent[x as usize] as usize];
+        parent[x as usize] = up;
+        x = up;
+    }
+    x
+}
+
+/// The 128 bits of a canonical (lowercase, hyphenated) UUID; `None` for any other text, which is
+/// then compared as text: the mapping is one-to-one, so dedup stays exact.
+pub fn uuid_bits(s: &str) -> Option<u128> {
+    let b = s.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    let mut v: u128 = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let d = match (i, c) {
+            (8 | 13 | 18 | 23, b'-') => continue,
+            (8 | 13 | 18 | 23, _) => return None,
+            (_, b'0'..=b'9') => c - b'0',
+            (_, b'a'..=b'f') => c - b'a' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | d as u128;
+    }
+    Some(v)
+}
+
+impl<'c> Assigner<'c> {
+    pub fn new(catalog: &'c Catalog, windows: &[Window]) -> Self {
+        let ids: Vec<&str> = catalog.accounts.keys().map(String::as_str).collect();
+        let index: Map<&str, u32> = ids.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect();
+        let mut aliases: Map<&str, Vec<AliasSpan>> = Map::default();
+        for (i, acc) in catalog.accounts.values().enumerate() {
+            for al in &acc.aliases {
+                let from = al.from.map_or(i64::MIN, |t| t.timestamp_micros());
+                let until = al.until.map_or(i64::MAX, |t| t.timestamp_micros());
+                aliases.entry(al.value.as_str()).or_default().push((i as u32, from, until));
+            }
+        }
+        let mut parent: Vec<u32> = (0..ids.len() as u32).collect();
+        for spans in aliases.values() {
+            let first = find(&mut parent, spans[0].0);
+            for s in &spans[1..] {
+                let other = find(&mut parent, s.0);
+                let (lo, hi) = (first.min(other), first.max(other));
+                parent[hi as usize] = lo;
+            }
+        }
+        let group: Vec<u32> = (0..ids.len() as u32).map(|i| find(&mut parent, i)).collect();
+        let alias_group = aliases.iter().map(|(k, v)| (*k, group[v[0].0 as usize])).collect();
+        let mut per_account: Vec<Vec<Span>> = vec![Vec::new(); ids.len()];
+        for w in windows {
+            if let Some(&i) = index.get(w.account_id.as_str()) {
+                per_account[i as usize].push((w.start_us, w.end_us, w.id, w.due_us));
+            }
+        }
+        for spans in &mut per_account {
+            spans.sort_unstable();
+        }
+        let schemas = catalog.event_schemas.keys().map(String::as_str).collect();
+        Assigner { index, ids, group, aliases, alias_group, windows: per_account, schemas }
+    }
+
+    /// The account group an account field belongs to: its account's or its alias's; `None` for a
+    /// value that names neither (its events are rejected, each in the group of its own text).
+    fn group_of(&self, raw: &str) -> Option<u32> {
+        match self.index.get(raw) {
+            Some(&i) => Some(self.group[i as usize]),
+            None => self.alias_group.get(raw).copied(),
+        }
+    }
+
+    /// What decides an event's partition: the id of its account group's representative, or the
+    /// raw text when it names no account. Events that can share a dedup key or a window always
+    /// share this key.
+    pub fn partition_key<'a>(&'a self, raw: &'a str) -> &'a str {
+        match self.group_of(raw) {
+            Some(g) => self.ids[g as usize],
+            None => raw,
+        }
+    }
+
+    /// (account field value, its group's representative id) for every account id and alias
+    /// value, each value once (an account id wins over an alias of the same text): what SQL
+    /// pushdown joins to dedup per account group, as [`Assigner::assign`] does.
+    pub fn group_table(&self) -> Vec<(&'c str, &'c str)> {
+        let mut out: Vec<(&str, &str)> = self.ids.iter().enumerate().map(|(i, id)| (*id, self.ids[self.group[i] as usize])).collect();
+        let mut aliases: Vec<(&str, &str)> =
+            self.alias_group.iter().filter(|(k, _)| !self.index.contains_key(*k)).map(|(k, g)| (*k, self.ids[*g as usize])).collect();
+        aliases.sort_unstable();
+        out.extend(aliases);
+        out
+    }
+
+    /// The partition (of `n`) of an account field.
+    pub fn partition(&self, raw: Option<&str>, n: usize) -> usize {
+        if n <= 1 {
+            return 0;
+        }
+        let key = raw.map_or("", |r| self.partition_key(r));
+        (FixedState::with_seed(0x6269_6c6c_7275_6e00).hash_one(key) % n as u64) as usize
+    }
+
+    fn resolve(&self, raw: &str, ts: i64) -> Option<u32> {
+        if let Some(&i) = self.index.get(raw) {
+            return Some(i);
+        }
+        self.aliases.get(raw)?.iter().find(|(_, from, until)| ts >= *from && ts < *until).map(|s| s.0)
+    }
+
+    fn window(&self, account: u32, ts: i64) -> Option<&Span> {
+        let spans = &self.windows[account as usize];
+        // the last window starting at or before ts, if ts is before its end
+        let k = spans.partition_point(|s| s.0 <= ts);
+        spans[..k].iter().rev().find(|s| ts < s.1)
+    }
+
+    /// Assign every row of `df` (sorted in arrival order: ingested-at, then input order), given
+    /// each row's reason so far (`r1`: invalid event or no id, else 0).
+    pub fn assign(&self, df: &DataFrame, r1: &UInt32Chunked, as_of_us: i64) -> PolarsResult<Assigned> {
+        use billrun_connectors::schema::{ACCOUNT_ID, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
+        let n = df.height();
+        let ids = df.column(EVENT_ID)?.str()?;
+        let raws = df.column(ACCOUNT_ID)?.str()?;
+        let schemas = df.column(SCHEMA_NAME)?.str()?;
+        let ts = df.column(TIMESTAMP)?.i64()?;
+        let ingested = df.column(INGESTED_AT)?.i64()?;
+        let mut seen_uuid: Set<(u32, u128)> = Set::default();
+        let mut seen_text: Set<(Option<u32>, &str, &str)> = Set::default();
+        let mut reason = Vec::with_capacity(n);
+        let mut account: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut window = Vec::with_capacity(n);
+        let mut due = Vec::with_capacity(n);
+        let rows = ids.iter().zip(raws.iter()).zip(schemas.iter()).zip(ts.iter()).zip(ingested.iter()).zip(r1.iter());
+        for (((((id, raw), schema), t), ing), r) in rows {
+            let mut r = r.unwrap_or(0);
+            let direct = raw.and_then(|a| self.index.get(a).copied());
+            let mut acc = direct;
+            let mut win = None;
+            if r == 0 {
+                let (id, raw_s) = (id.unwrap_or(""), raw.unwrap_or(""));
+                let group = raw.and_then(|a| self.group_of(a));
+                let fresh = match (group, uuid_bits(id)) {
+                    (Some(g), Some(bits)) => seen_uuid.insert((g, bits)),
+                    (g, _) => seen_text.insert((g, if g.is_some() { "" } else { raw_s }, id)),
+                };
+                if !fresh {
+                    r = Reason::Duplicate as u32;
+                }
+            }
+            if r == 0 && !schema.is_some_and(|s| self.schemas.contains(s)) {
+                r = Reason::SchemaNotDefined as u32;
+            }
+            if r == 0 {
+                let t = t.expect("a row without a timestamp is an invalid event");
+                if acc.is_none() {
+                    acc = raw.and_then(|a| self.resolve(a, t));
+                }
+                if acc.is_none() {
+                    r = Reason::AccountNotFound as u32;
+                } else if t >= as_of_us || ing.is_some_and(|i| i >= as_of_us) {
+                    r = Reason::AfterAsOf as u32;
+                } else {
+                    match self.window(acc.expect("resolved"), t) {
+                        None => r = Reason::NotMetered as u32,
+                        Some(span) => {
+                            win = Some(span);
+                            if ing.is_some_and(|i| i >= span.3) {
+                                r = Reason::PastGracePeriod as u32;
+                            }
+                        }
+                    }
+                }
+            }
+            reason.push(r);
+            account.push(acc.map(|i| self.ids[i as usize]));
+            window.push(win.map(|s| s.2));
+            due.push(win.map(|s| s.3));
+        }
+        use crate::ingest::{ACCOUNT, REASON, WINDOW};
+        Ok(Assigned {
+            reason: UInt32Chunked::from_vec(REASON.into(), reason),
+            account: StringChunked::from_iter_options(ACCOUNT.into(), account.into_iter()),
+            window: UInt32Chunked::from_iter_options(WINDOW.into(), window.into_iter()),
+            due: Int64Chunked::from_iter_options(DUE.into(), due.into_iter()),
+        })
+    }
+}
+
+/// The due instant of the event's window (µs), for the grace-period check.
+pub const DUE: &str = "__w_due";
+
+#[cfg(test)]
+mod tests {
+    use super::uuid_bits;
+
+    #[test]
+    fn uuid_bits_only_for_canonical_lowercase() {
+        assert_eq!(uuid_bits("00000000-0000-0000-0000-000000000001"), Some(1));
+        assert_eq!(uuid_bits("ffffffff-ffff-ffff-ffff-ffffffffffff"), Some(u128::MAX));
+        assert_eq!(uuid_bits("FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"), None);
+        assert_eq!(uuid_bits("00000000000000000000000000000000abcd"), None);
+        assert_eq!(uuid_bits("0000000-00000-0000-0000-000000000001"), None);
+        assert_eq!(uuid_bits("evt-1"), None);
+    }
+}

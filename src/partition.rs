@@ -1,0 +1,291 @@
+//! Partitioning of the input by account group, so that memory follows a partition, not the month.
+//!
+//! Batches arrive from the sources in arrival order and get their global arrival number
+//! (`__seq`). Up to `memory_rows` rows stay in memory and form a single partition. Past that,
+//! every row goes to one of [`BUCKETS`] spill files (Arrow IPC, in a temporary directory removed
+//! afterwards) chosen by a hash of its account group ([`Assigner::partition`]): every event that
+//! can share a dedup key, an account or a window with another lands in the same bucket. Buckets
+//! are then ingested in groups of consecutive buckets of about `memory_rows` rows each.
+//!
+//! Results never depend on the partitioning (see `assign.rs`); the golden fixtures are run both
+//! ways to show it.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+
+use crate::assign::Assigner;
+use crate::frame::SEQ;
+use billrun_connectors::schema::ACCOUNT_ID;
+
+/// Number of spill files.
+pub const BUCKETS: usize = 64;
+
+/// Rows held in memory (and ingested at once) by default: about 0.3 GiB of events.
+pub const DEFAULT_MEMORY_ROWS: usize = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    #[error("spilling events to {dir}: {source}")]
+    Io { dir: String, source: std::io::Error },
+    #[error("spilling events to {dir}: {source}")]
+    Arrow { dir: String, source: arrow::error::ArrowError },
+    #[error("more than {} events in one run", u32::MAX)]
+    TooMany,
+}
+
+struct Spill {
+    dir: tempfile::TempDir,
+    /// Per distinct batch schema: its writers, one per bucket (opened on first use).
+    writers: Vec<(SchemaRef, Vec<Option<StreamWriter<BufWriter<File>>>>)>,
+    rows: Vec<usize>,
+}
+
+/// Takes batches in arrival order; gives back partitions of whole account groups.
+pub struct Partitioner<'a> {
+    assigner: &'a Assigner<'a>,
+    memory_rows: usize,
+    next_seq: u64,
+    held: Vec<RecordBatch>,
+    held_rows: usize,
+    spill: Option<Spill>,
+    error: Option<PartitionError>,
+}
+
+impl<'a> Partitioner<'a> {
+    pub fn new(assigner: &'a Assigner<'a>, memory_rows: usize) -> Self {
+        Partitioner { assigner, memory_rows: memory_rows.max(1), next_seq: 0, held: Vec::new(), held_rows: 0, spill: None, error: None }
+    }
+
+    /// Rows taken so far.
+    pub fn rows(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Take one batch (in arrival order). Errors are kept and returned by [`Self::finish`].
+    pub fn push(&mut self, batch: RecordBatch) {
+        if self.error.is_some() || batch.num_rows() == 0 {
+            return;
+        }
+        if let Err(e) = self.try_push(batch) {
+            self.error = Some(e);
+        }
+    }
+
+    fn try_push(&mut self, batch: RecordBatch) -> Result<(), PartitionError> {
+        let n = batch.num_rows() as u64;
+        if self.next_seq + n > u32::MAX as u64 {
+            return Err(PartitionError::TooMany);
+        }
+        let seq: ArrayRef = Arc::new(UInt32Array::from_iter_values(self.next_seq as u32..(self.next_seq + n) as u32));
+        self.next_seq += n;
+        let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(Field::new(SEQ, DataType::UInt32, false)));
+        let mut cols = batch.columns().to_vec();
+        cols.push(seq);
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(|e| self.arrow(e))?;
+        if self.spill.is_none() {
+            self.held_rows += batch.num_rows();
+            self.held.push(batch);
+            if self.held_rows <= self.memory_rows {
+                return Ok(());
+            }
+            let dir = tempfile::Builder::new()
+                .prefix("billrun-spill-")
+                .tempdir()
+                .map_err(|e| PartitionError::Io { dir: "a temporary directory".into(), source: e })?;
+            tracing::info!(dir = %dir.path().display(), rows = self.held_rows, "more events than fit in memory at once: partitioning by account");
+            self.spill = Some(Spill { dir, writers: Vec::new(), rows: vec![0; BUCKETS] });
+            for b in std::mem::take(&mut self.held) {
+                self.scatter(&b)?;
+            }
+            self.held_rows = 0;
+            return Ok(());
+        }
+        self.scatter(&batch)
+    }
+
+    fn arrow(&self, e: arrow::error::ArrowError) -> PartitionError {
+        let dir = self.spill.as_ref().map_or_else(|| "memory".to_string(), |s| s.dir.path().display().to_string());
+        PartitionError::Arrow { dir, source: e }
+    }
+
+    fn scatter(&mut self, batch: &RecordBatch) -> Result<(), PartitionError> {
+        let accounts = match batch.column_by_name(ACCOUNT_ID) {
+            Some(a) => arrow::compute::cast(a, &DataType::Utf8).map_err(|e| self.arrow(e))?,
+            None => arrow::array::new_null_array(&DataType::Utf8, batch.num_rows()),
+        };
+        let accounts = accounts.as_string::<i32>();
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); BUCKETS];
+        for (i, a) in accounts.iter().enumerate() {
+            rows[self.assigner.partition(a, BUCKETS)].push(i as u32);
+        }
+        let spill = self.spill.as_mut().expect("spilling");
+        let dir = spill.dir.path().to_path_buf();
+        let io = |e: std::io::Error| PartitionError::Io { dir: dir.display().to_string(), source: e };
+        let ar = |e: arrow::error::ArrowError| PartitionError::Arrow { dir: dir.display().to_string(), source: e };
+        let schema = batch.schema();
+        let k = match spill.writers.iter().position(|(s, _)| *s == schema) {
+            Some(k) => k,
+            None => {
+                spill.writers.push((schema.clone(), (0..BUCKETS).map(|_| None).collect()));
+                spill.writers.len() - 1
+            }
+        };
+        for (b, idx) in rows.into_iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            let part = if idx.len() == batch.num_rows() {
+                batch.clone()
+            } else {
+                arrow::compute::take_record_batch(batch, &UInt32Array::from(idx)).map_err(ar)?
+            };
+            let slot = &mut spill.writers[k].1[b];
+            if slot.is_none() {
+                let f = File::create(dir.join(format!("{b:02}-{k}.arrow"))).map_err(io)?;
+                *slot = Some(StreamWriter::try_new(BufWriter::with_capacity(1 << 20, f), &schema).map_err(ar)?);
+            }
+            slot.as_mut().expect("opened").write(&part).map_err(ar)?;
+            spill.rows[b] += part.num_rows();
+        }
+        Ok(())
+    }
+
+    /// The partitions: the held batches as one, or the spilled buckets in groups.
+    pub fn finish(mut self) -> Result<Partitions, PartitionError> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let Some(mut spill) = self.spill.take() else {
+            return Ok(Partitions { held: Some(std::mem::take(&mut self.held)), groups: Vec::new(), dir: None });
+        };
+        let dir = spill.dir.path().to_path_buf();
+        let mut files: Vec<Vec<PathBuf>> = vec![Vec::new(); BUCKETS];
+        for (k, (_, writers)) in spill.writers.iter_mut().enumerate() {
+            for (b, w) in writers.iter_mut().enumerate() {
+                if let Some(w) = w.take() {
+                    let inner = w.into_inner().map_err(|e| PartitionError::Arrow { dir: dir.display().to_string(), source: e })?;
+                    inner.into_inner().map_err(|e| PartitionError::Io { dir: dir.display().to_string(), source: e.into_error() })?;
+                    files[b].push(dir.join(format!("{b:02}-{k}.arrow")));
+                }
+            }
+        }
+        // consecutive buckets, about memory_rows rows per group
+        let mut groups = Vec::new();
+        let mut cur: Vec<PathBuf> = Vec::new();
+        let mut cur_rows = 0;
+        for (b, f) in files.into_iter().enumerate() {
+            if !cur.is_empty() && cur_rows + spill.rows[b] > self.memory_rows {
+                groups.push(std::mem::take(&mut cur));
+                cur_rows = 0;
+            }
+            cur.extend(f);
+            cur_rows += spill.rows[b];
+        }
+        if !cur.is_empty() {
+            groups.push(cur);
+        }
+        Ok(Partitions { held: None, groups, dir: Some(spill.dir) })
+    }
+}
+
+/// The partitions of a run's input, each a set of whole account groups.
+pub struct Partitions {
+    held: Option<Vec<RecordBatch>>,
+    groups: Vec<Vec<PathBuf>>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Partitions {
+    /// How many partitions there are.
+    pub fn len(&self) -> usize {
+        if self.held.is_some() {
+            1
+        } else {
+            self.groups.len()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The batches of partition `i` (read back from the spill files).
+    pub fn take(&mut self, i: usize) -> Result<Vec<RecordBatch>, PartitionError> {
+        if let Some(held) = self.held.as_mut() {
+            return Ok(std::mem::take(held));
+        }
+        let dir = self.dir.as_ref().map_or_else(String::new, |d| d.path().display().to_string());
+        let mut out = Vec::new();
+        for path in std::mem::take(&mut self.groups[i]) {
+            let f = File::open(&path).map_err(|e| PartitionError::Io { dir: dir.clone(), source: e })?;
+            let r = StreamReader::try_new(BufReader::with_capacity(1 << 20, f), None)
+                .map_err(|e| PartitionError::Arrow { dir: dir.clone(), source: e })?;
+            for b in r {
+                out.push(b.map_err(|e| PartitionError::Arrow { dir: dir.clone(), source: e })?);
+            }
+            // the bucket is in memory now: give its disk space back
+            let _ = std::fs::remove_file(&path);
+        }
+        Ok(out)
+    }
+}
+
+/// The rejected rows of every partition as one frame in arrival order. Partitions can differ in
+/// columns (a dimension only some sources have) and in decimal scales (attributes are scaled per
+/// frame): missing columns are null, decimals widen to the largest scale.
+pub fn stack(frames: Vec<polars::prelude::DataFrame>) -> polars::prelude::PolarsResult<polars::prelude::DataFrame> {
+    use polars::prelude::*;
+    let mut frames: Vec<DataFrame> = frames.into_iter().filter(|f| f.height() > 0 || f.width() > 0).collect();
+    if frames.len() <= 1 {
+        return Ok(frames.pop().unwrap_or_default());
+    }
+    let mut names: Vec<PlSmallStr> = Vec::new();
+    let mut types: std::collections::HashMap<PlSmallStr, DataType> = std::collections::HashMap::new();
+    for f in &frames {
+        for c in f.columns() {
+            let (name, dt) = (c.name().clone(), c.dtype().clone());
+            match types.get_mut(&name) {
+                None => {
+                    names.push(name.clone());
+                    types.insert(name, dt);
+                }
+                Some(have) => match (have.clone(), &dt) {
+                    (DataType::Decimal(_, a), DataType::Decimal(_, b)) if *b > a => *have = dt,
+                    (DataType::Null, _) => *have = dt,
+                    _ => {}
+                },
+            }
+        }
+    }
+    let mut out: Option<DataFrame> = None;
+    for f in frames.drain(..) {
+        let h = f.height();
+        let mut cols = Vec::with_capacity(names.len());
+        for n in &names {
+            let dt = &types[n];
+            let c = match f.column(n) {
+                Ok(c) if c.dtype() == dt => c.clone(),
+                Ok(c) => c.cast(dt)?,
+                Err(_) => Column::full_null(n.clone(), h, dt),
+            };
+            cols.push(c);
+        }
+        let f = DataFrame::new(h, cols)?;
+        match out.as_mut() {
+            None => out = Some(f),
+            Some(o) => {
+                o.vstack_mut(&f)?;
+            }
+        }
+    }
+    let out = out.expect("at least two frames");
+    out.sort([SEQ], SortMultipleOptions::default())
+}
