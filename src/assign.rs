@@ -215,12 +215,10 @@ impl<'c> Assigner<'c> {
                 if acc.is_none() {
                     acc = raw.and_then(|a| self.resolve(a, t));
                 }
-                if acc.is_none() {
-                    r = Reason::AccountNotFound as u32;
-                } else if t >= as_of_us || ing.is_some_and(|i| i >= as_of_us) {
-                    r = Reason::AfterAsOf as u32;
-                } else {
-                    match self.window(acc.expect("resolved"), t) {
+                match acc {
+                    None => r = Reason::AccountNotFound as u32,
+                    Some(_) if t >= as_of_us || ing.is_some_and(|i| i >= as_of_us) => r = Reason::AfterAsOf as u32,
+                    Some(a) => match self.window(a, t) {
                         None => r = Reason::NotMetered as u32,
                         Some(span) => {
                             win = Some(span);
@@ -228,7 +226,7 @@ impl<'c> Assigner<'c> {
                                 r = Reason::PastGracePeriod as u32;
                             }
                         }
-                    }
+                    },
                 }
             }
             reason.push(r);

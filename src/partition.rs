@@ -40,10 +40,13 @@ pub enum PartitionError {
     TooMany,
 }
 
+/// One bucket's spill file for one batch schema (opened on first use).
+type BucketWriter = Option<StreamWriter<BufWriter<File>>>;
+
 struct Spill {
     dir: tempfile::TempDir,
-    /// Per distinct batch schema: its writers, one per bucket (opened on first use).
-    writers: Vec<(SchemaRef, Vec<Option<StreamWriter<BufWriter<File>>>>)>,
+    /// Per distinct batch schema: its writers, one per bucket.
+    writers: Vec<(SchemaRef, Vec<BucketWriter>)>,
     rows: Vec<usize>,
 }
 

@@ -845,7 +845,6 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     // the manifest's `performance` (stage timings, peak memory) is of the run that wrote it: a
     // re-run that finds the same state keeps the manifest, and so rewrites no byte
     let mkey = format!("{run_dir}/{MANIFEST}");
-    let mut manifest = manifest;
     let existing = store.get(&mkey)?.and_then(|b| serde_json::from_slice::<Value>(&b).ok()).map(|mut v| {
         if let Some(o) = v.as_object_mut() {
             o.remove(PERFORMANCE);
