@@ -63,25 +63,40 @@ fn find(parent: &mut [u32], mut x: u32) -> u32 {
     x
 }
 
+/// Hex digit values by byte; 0xFF for every byte that is not `0-9` or `a-f`.
+const HEX: [u8; 256] = {
+    let mut t = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Positions of the 32 hex digits in a hyphenated UUID.
+const DIGITS: [usize; 32] =
+    [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35];
+
 /// The 128 bits of a canonical (lowercase, hyphenated) UUID; `None` for any other text, which is
 /// then compared as text: the mapping is one-to-one, so dedup stays exact.
 pub fn uuid_bits(s: &str) -> Option<u128> {
     let b = s.as_bytes();
-    if b.len() != 36 {
+    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
         return None;
     }
-    let mut v: u128 = 0;
-    for (i, &c) in b.iter().enumerate() {
-        let d = match (i, c) {
-            (8 | 13 | 18 | 23, b'-') => continue,
-            (8 | 13 | 18 | 23, _) => return None,
-            (_, b'0'..=b'9') => c - b'0',
-            (_, b'a'..=b'f') => c - b'a' + 10,
-            _ => return None,
-        };
-        v = (v << 4) | d as u128;
+    let (mut v, mut bad) = (0u128, 0u8);
+    for &i in &DIGITS {
+        let d = HEX[b[i] as usize];
+        bad |= d;
+        v = (v << 4) | (d & 15) as u128;
     }
-    Some(v)
+    (bad & 0xF0 == 0).then_some(v)
 }
 
 impl<'c> Assigner<'c> {
@@ -259,5 +274,16 @@ mod tests {
         assert_eq!(uuid_bits("00000000000000000000000000000000abcd"), None);
         assert_eq!(uuid_bits("0000000-00000-0000-0000-000000000001"), None);
         assert_eq!(uuid_bits("evt-1"), None);
+        assert_eq!(uuid_bits("0123456789ab-cdef-0123-4567-89abcdef0123"), None);
+        assert_eq!(uuid_bits("01234567-89ab-cdef-0123-456789abcdeg"), None);
+        assert_eq!(uuid_bits("01234567-89ab-cdef-0123-456789abcdef"), Some(0x0123456789abcdef0123456789abcdef));
+        // every u128 written as a canonical UUID reads back as itself
+        let mut x: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
+        for _ in 0..1000 {
+            x = x.wrapping_mul(0x2545_f491_4f6c_dd1d_0000_0000_0000_0001).wrapping_add(0x1234_5678_9abc_def1);
+            let h = format!("{x:032x}");
+            let text = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
+            assert_eq!(uuid_bits(&text), Some(x), "{text}");
+        }
     }
 }
