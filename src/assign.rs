@@ -213,7 +213,11 @@ impl<'c> Assigner<'c> {
             let mut win = None;
             if r == 0 {
                 let (id, raw_s) = (id.unwrap_or(""), raw.unwrap_or(""));
-                let group = raw.and_then(|a| self.group_of(a));
+                // the account's group, or the alias's: the direct lookup is not repeated
+                let group = match direct {
+                    Some(i) => Some(self.group[i as usize]),
+                    None => raw.and_then(|a| self.alias_group.get(a).copied()),
+                };
                 let fresh = match (group, uuid_bits(id)) {
                     (Some(g), Some(bits)) => seen_uuid.insert((g, bits)),
                     (g, _) => seen_text.insert((g, if g.is_some() { "" } else { raw_s }, id)),

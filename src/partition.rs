@@ -27,6 +27,9 @@ use billrun_connectors::schema::ACCOUNT_ID;
 /// Number of spill files.
 pub const BUCKETS: usize = 64;
 
+/// Write buffer per spill file: 64 of them are open while the input is read.
+const SPILL_BUFFER: usize = 256 << 10;
+
 /// Rows held in memory (and ingested at once) by default: about 0.3 GiB of events.
 pub const DEFAULT_MEMORY_ROWS: usize = 1_000_000;
 
@@ -153,7 +156,7 @@ impl<'a> Partitioner<'a> {
             let slot = &mut spill.writers[k].1[b];
             if slot.is_none() {
                 let f = File::create(dir.join(format!("{b:02}-{k}.arrow"))).map_err(io)?;
-                *slot = Some(StreamWriter::try_new(BufWriter::with_capacity(1 << 20, f), &schema).map_err(ar)?);
+                *slot = Some(StreamWriter::try_new(BufWriter::with_capacity(SPILL_BUFFER, f), &schema).map_err(ar)?);
             }
             slot.as_mut().expect("opened").write(&part).map_err(ar)?;
             spill.rows[b] += part.num_rows();
@@ -243,7 +246,9 @@ impl Partitions {
 
 /// The rejected rows of every partition as one frame in arrival order. Partitions can differ in
 /// columns (a dimension only some sources have) and in decimal scales (attributes are scaled per
-/// frame): missing columns are null, decimals widen to the largest scale.
+/// frame): missing columns are null, decimals widen to the largest scale. (polars'
+/// `concat_df_diagonal` does the first half, but it needs the `diagonal_concat` feature, and with
+/// it a rebuild of polars, for a few lines.)
 pub fn stack(frames: Vec<polars::prelude::DataFrame>) -> polars::prelude::PolarsResult<polars::prelude::DataFrame> {
     use polars::prelude::*;
     let mut frames: Vec<DataFrame> = frames.into_iter().filter(|f| f.height() > 0 || f.width() > 0).collect();

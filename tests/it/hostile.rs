@@ -1262,7 +1262,9 @@ fn limits_memory_follows_a_partition_not_the_input() {
     }
     let (read, used, rejected) = assert_accounted(&manifest(&parted));
     assert_eq!((read, used, rejected), (N as u64, N as u64 - 600, 600));
-    assert!(peak_parted * 3 < peak_held * 2, "partitioned peak {peak_parted} MiB vs {peak_held} MiB held");
+    // alone: about 190 vs 350 MiB; with the other tests running alongside the partitioned peak
+    // has been seen at 245 MiB, hence a margin of a fifth
+    assert!(peak_parted * 5 < peak_held * 4, "partitioned peak {peak_parted} MiB vs {peak_held} MiB held");
 }
 
 /// Known gap (see README "Limits"): a SUM beyond rust_decimal's 28 digits, or a product of two
