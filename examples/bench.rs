@@ -102,6 +102,15 @@ fn run_ok(cmd: &mut Command, what: &str) {
     }
 }
 
+/// Remove the run stores (`store-*`) under a size's work folder.
+fn stores(wdir: &Path) {
+    for e in fs::read_dir(wdir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with("store") {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// The Python venv with the shared bench's requirements (created once).
 fn venv(cache: &Path, shared: &Path) -> PathBuf {
     let dir = cache.join("venv");
@@ -515,6 +524,7 @@ fn main() {
     let mut results = Vec::new();
     let mut failed_checks = false;
     let mut table = Vec::new();
+    let mut wdirs: Vec<PathBuf> = Vec::new();
     for &n in &sizes {
         let dir = dataset(&py, &shared, &data, n, args.seed);
         let bytes = warm(&dir);
@@ -525,16 +535,11 @@ fn main() {
         let mut b_runs: Vec<(Measured, Option<Value>)> = Vec::new();
         let mut d_runs: Vec<(Measured, Option<f64>)> = Vec::new();
         let mut billrun_stopped = None;
-        // a fresh store directory per run, all removed at the end: removing 400k files right
-        // before a run slows its file creation (ext4 skips recently freed inodes)
-        let stores = |wdir: &Path| {
-            for e in fs::read_dir(wdir).into_iter().flatten().flatten() {
-                if e.file_name().to_string_lossy().starts_with("store") {
-                    let _ = fs::remove_dir_all(e.path());
-                }
-            }
-        };
+        // a fresh store directory per run, all removed at the end of the invocation: removing
+        // 300k files right before a run slows its file creation for minutes (ext4 without a
+        // journal skips inodes freed in the last 60-360 s), so nothing is removed between runs
         stores(&wdir);
+        wdirs.push(wdir.clone());
         let mut store = wdir.join("store-0");
         let duck_out = wdir.join("duckdb.parquet");
         for r in 1..=args.runs {
@@ -631,7 +636,6 @@ fn main() {
             }
             Some((problems, summary))
         };
-        stores(&wdir);
         let b_cell = if ok_b.is_empty() {
             format!("stopped: {}", billrun_stopped.clone().unwrap_or_default())
         } else {
@@ -666,6 +670,9 @@ fn main() {
             table.push(format!("|   | stages (s, median): {} — sum {total:.2} |", split.join(" · ")));
         }
         fs::write(work.join("results.json"), serde_json::to_vec_pretty(&results).unwrap()).unwrap();
+    }
+    for w in &wdirs {
+        stores(w);
     }
     println!(
         "\nmedian of {} interleaved runs, {nproc} cores; wall clock and peak RSS of the whole process (DuckDB: python + import included)\n",

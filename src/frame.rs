@@ -77,19 +77,18 @@ fn text(a: &ArrayRef, column: &str) -> Result<ArrayRef, FrameError> {
     }
 }
 
-/// An attribute column as exact mantissas at one scale, plus which rows held a non-number.
+/// An attribute column as exact mantissas at one scale, plus the rows that held a non-number.
 struct Normalised {
     values: Vec<Option<i128>>,
     scale: u32,
-    bad: Vec<bool>,
-    /// The raw text of the values that are not numbers, by row.
-    raw: Vec<Option<String>>,
+    /// The rows whose value is not a number (rare), with its raw text.
+    bad: Vec<(usize, String)>,
 }
 
 fn normalise_attribute(a: &ArrayRef, column: &str) -> Result<Normalised, FrameError> {
     let n = a.len();
     match a.data_type() {
-        ADataType::Null => Ok(Normalised { values: vec![None; n], scale: 0, bad: vec![false; n], raw: vec![None; n] }),
+        ADataType::Null => Ok(Normalised { values: vec![None; n], scale: 0, bad: Vec::new() }),
         ADataType::Int8
         | ADataType::Int16
         | ADataType::Int32
@@ -99,11 +98,11 @@ fn normalise_attribute(a: &ArrayRef, column: &str) -> Result<Normalised, FrameEr
         | ADataType::UInt32 => {
             let c = arrow::compute::cast(a, &ADataType::Int64)?;
             let c = c.as_primitive::<Int64Type>();
-            Ok(Normalised { values: c.iter().map(|v| v.map(i128::from)).collect(), scale: 0, bad: vec![false; n], raw: vec![None; n] })
+            Ok(Normalised { values: c.iter().map(|v| v.map(i128::from)).collect(), scale: 0, bad: Vec::new() })
         }
         ADataType::Decimal128(_, s) if *s >= 0 => {
             let c = a.as_any().downcast_ref::<Decimal128Array>().expect("decimal128");
-            Ok(Normalised { values: c.iter().collect(), scale: *s as u32, bad: vec![false; n], raw: vec![None; n] })
+            Ok(Normalised { values: c.iter().collect(), scale: *s as u32, bad: Vec::new() })
         }
         ADataType::Utf8 | ADataType::LargeUtf8 | ADataType::Utf8View | ADataType::UInt64 => {
             let c = arrow::compute::cast(a, &ADataType::Utf8)?;
@@ -115,21 +114,19 @@ fn normalise_attribute(a: &ArrayRef, column: &str) -> Result<Normalised, FrameEr
                 .map(|s| s.and_then(numeric::parse_text).filter(|(m, sc)| *sc <= MAX_ATTR_SCALE && numeric::to_decimal(*m, *sc).is_some()))
                 .collect();
             let scale = parsed.iter().flatten().map(|(_, s)| *s).max().unwrap_or(0);
-            let mut bad = vec![false; n];
-            let mut raw = vec![None; n];
+            let mut bad = Vec::new();
             let values = parsed
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
                     let v = p.and_then(|(m, s)| numeric::upscale(m, s, scale));
                     if v.is_none() && c.is_valid(i) {
-                        bad[i] = true;
-                        raw[i] = Some(c.value(i).to_string());
+                        bad.push((i, c.value(i).to_string()));
                     }
                     v
                 })
                 .collect();
-            Ok(Normalised { values, scale, bad, raw })
+            Ok(Normalised { values, scale, bad })
         }
         dt => Err(FrameError::Type { column: column.into(), dtype: dt.to_string(), what: "an exact number (floats are not accepted)" }),
     }
@@ -180,20 +177,21 @@ pub fn build(batches: &[RecordBatch]) -> Result<EventFrame, FrameError> {
         let column = format!("{ATTR_PREFIX}{name}");
         let parts = batches.iter().map(|b| normalise_attribute(&get(b, &column), &column)).collect::<Result<Vec<_>, _>>()?;
         let scale = parts.iter().map(|p| p.scale).max().unwrap_or(0);
-        let mut values = Vec::with_capacity(total);
+        let mut values = arrow::array::Decimal128Builder::with_capacity(total);
         let mut row = 0;
         for p in parts {
-            for ((v, b), r) in p.values.into_iter().zip(p.bad).zip(p.raw) {
-                let v = v.and_then(|v| numeric::upscale(v, p.scale, scale));
-                bad_any[row] |= b;
-                if let Some(r) = r {
-                    raw_bad.entry(row).or_default().push(serde_json::json!({"name": name, "value": r}));
-                }
-                values.push(v);
-                row += 1;
+            for (i, r) in p.bad {
+                bad_any[row + i] = true;
+                raw_bad.entry(row + i).or_default().push(serde_json::json!({"name": name, "value": r}));
+            }
+            row += p.values.len();
+            if p.scale == scale {
+                values.extend(p.values);
+            } else {
+                values.extend(p.values.into_iter().map(|v| v.and_then(|v| numeric::upscale(v, p.scale, scale))));
             }
         }
-        let a: ArrayRef = Arc::new(Decimal128Array::from(values).with_precision_and_scale(38, scale as i8)?);
+        let a: ArrayRef = Arc::new(values.finish().with_precision_and_scale(38, scale as i8)?);
         cols.push(to_polars(&column, &a)?);
         attr_scales.insert(name.clone(), scale);
     }

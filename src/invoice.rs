@@ -40,8 +40,8 @@ pub struct LineItem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_per_quantity: Option<String>,
     pub value: String,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub metadata: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "LineMeta::is_empty")]
+    pub metadata: LineMeta,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub line_items: Vec<LineItem>,
 }
@@ -55,9 +55,43 @@ impl LineItem {
             quantity: None,
             value_per_quantity: None,
             value,
-            metadata: BTreeMap::new(),
+            metadata: LineMeta::default(),
             line_items: Vec::new(),
         }
+    }
+}
+
+/// A line's metadata: a few string pairs, kept sorted by key (serialized as a JSON object, like
+/// a `BTreeMap`). A sorted `Vec` rather than a `BTreeMap`: an invoice has dozens of lines with
+/// two to four entries each, and a B-tree node per line was most of an invoice's memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LineMeta(Vec<(String, String)>);
+
+impl LineMeta {
+    /// Set `key` (replacing its value when present).
+    pub fn insert(&mut self, key: String, value: String) {
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (key, value)),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for LineMeta {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
     }
 }
 

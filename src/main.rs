@@ -153,6 +153,14 @@ fn fail(e: RunError) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // No transparent huge pages: mimalloc asks for them on its arenas, and the kernel then zeroes
+    // 2 MiB on every first touch; a run's allocation churn made that an eighth of a 100k-invoice
+    // run's time (`MIMALLOC_ALLOW_THP=0` does the same; measured ~12% faster, same peak memory).
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let cli = Cli::parse();
     // `billrun test` runs many bill runs: only their errors are interesting there.
     let default_filter = if matches!(cli.command, Command::Test { .. } | Command::Explain { .. } | Command::Simulate { .. }) {

@@ -558,15 +558,49 @@ pub fn load_ledger(store: &dyn Store) -> Result<Ledger, RunError> {
     Ok(ledger::parse(key, &bytes)?)
 }
 
-/// A billed line read from an invoice's JSON: (id, type, description, quantity, value).
-type JsonLine = (Option<String>, String, String, Option<String>, String);
+/// A billed line: (id, type, description, quantity, value).
+type BilledLine = (Option<String>, String, String, Option<String>, String);
 
-/// Line-item rows of an invoice (its billed lines, miscellaneous charges and credits).
+/// An invoice's header fields that every one of its line-item rows repeats.
+struct RowHeader {
+    account_id: String,
+    owner_id: String,
+    invoice_id: String,
+    sequence_id: Option<String>,
+    invoice_type: String,
+    status: String,
+    cycle_start: NaiveDate,
+    cycle_end: NaiveDate,
+    currency: String,
+}
+
+fn rows_of(h: RowHeader, items: Vec<BilledLine>) -> Vec<LineItemRow> {
+    items
+        .into_iter()
+        .map(|(id, kind, description, quantity, value)| LineItemRow {
+            account_id: h.account_id.clone(),
+            owner_id: h.owner_id.clone(),
+            invoice_id: h.invoice_id.clone(),
+            sequence_id: h.sequence_id.clone(),
+            invoice_type: h.invoice_type.clone(),
+            status: h.status.clone(),
+            cycle_start: h.cycle_start,
+            cycle_end: h.cycle_end,
+            line_id: id,
+            kind,
+            description,
+            quantity: quantity.as_deref().and_then(crate::doc::parse_decimal),
+            amount: crate::doc::parse_decimal(&value).unwrap_or_default(),
+            currency: h.currency.clone(),
+        })
+        .collect()
+}
+
+/// Line-item rows of an invoice read back from its JSON (an earlier run of the same date).
 fn line_item_rows(v: &Value) -> Vec<LineItemRow> {
-    fn walk(l: &Value, out: &mut Vec<JsonLine>) {
+    fn walk(l: &Value, out: &mut Vec<BilledLine>) {
         let kind = l["type"].as_str().unwrap_or_default();
-        let leaf = crate::invoice::line_class(kind).is_some();
-        if leaf {
+        if crate::invoice::line_class(kind).is_some() {
             let s = |k: &str| l[k].as_str().map(str::to_string);
             out.push((s("id"), kind.to_string(), s("description").unwrap_or_default(), s("quantity"), s("value").unwrap_or_default()));
             return;
@@ -579,25 +613,46 @@ fn line_item_rows(v: &Value) -> Vec<LineItemRow> {
     walk(&v["revenueInfo"], &mut items);
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
     let date = |k: &str| NaiveDate::parse_from_str(v[k].as_str().unwrap_or_default(), "%Y-%m-%d").unwrap_or_default();
-    items
-        .into_iter()
-        .map(|(id, kind, description, quantity, value)| LineItemRow {
-            account_id: s("accountId"),
-            owner_id: s("ownerId"),
-            invoice_id: s("id"),
-            sequence_id: v["sequenceId"].as_str().map(str::to_string),
-            invoice_type: s("invoiceType"),
-            status: s("status"),
-            cycle_start: date("startDate"),
-            cycle_end: date("endDate"),
-            line_id: id,
-            kind,
-            description,
-            quantity: quantity.as_deref().and_then(crate::doc::parse_decimal),
-            amount: crate::doc::parse_decimal(&value).unwrap_or_default(),
-            currency: s("currency"),
-        })
-        .collect()
+    let header = RowHeader {
+        account_id: s("accountId"),
+        owner_id: s("ownerId"),
+        invoice_id: s("id"),
+        sequence_id: v["sequenceId"].as_str().map(str::to_string),
+        invoice_type: s("invoiceType"),
+        status: s("status"),
+        cycle_start: date("startDate"),
+        cycle_end: date("endDate"),
+        currency: s("currency"),
+    };
+    rows_of(header, items)
+}
+
+/// Line-item rows of an invoice this run built: the same rows as [`line_item_rows`] of its JSON,
+/// without going through JSON.
+fn invoice_line_item_rows(inv: &crate::invoice::Invoice) -> Vec<LineItemRow> {
+    fn walk(l: &crate::invoice::LineItem, out: &mut Vec<BilledLine>) {
+        if crate::invoice::line_class(&l.kind).is_some() {
+            out.push((l.id.clone(), l.kind.clone(), l.description.clone(), l.quantity.clone(), l.value.clone()));
+            return;
+        }
+        for c in &l.line_items {
+            walk(c, out);
+        }
+    }
+    let mut items = Vec::new();
+    walk(&inv.revenue_info, &mut items);
+    let header = RowHeader {
+        account_id: inv.account_id.clone(),
+        owner_id: inv.owner_id.clone(),
+        invoice_id: inv.id.clone(),
+        sequence_id: inv.sequence_id.clone(),
+        invoice_type: inv.invoice_type.to_string(),
+        status: inv.status.to_string(),
+        cycle_start: inv.start_date,
+        cycle_end: inv.end_date,
+        currency: inv.currency.clone(),
+    };
+    rows_of(header, items)
 }
 
 /// Run the bill run described by `opts`: compute, then settle against the store's ledger and
@@ -735,7 +790,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
             .par_iter()
             .map(|(id, e)| {
                 let v: Value = match issued_by_id.get(id.as_str()) {
-                    Some(b) => serde_json::to_value(&b.invoice).expect("invoice serializes"),
+                    Some(b) => return Ok(invoice_line_item_rows(&b.invoice)),
                     None => {
                         let key = e.files.keys().find(|k| k.ends_with(".json")).cloned().unwrap_or_default();
                         let bytes = store.get(&key)?.unwrap_or_default();

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::{GetOptions, ObjectMeta, ObjectStore};
 use serde::{Deserialize, Serialize};
@@ -257,31 +257,26 @@ pub(crate) async fn read_objects(
 
     let mut out = SourceOutput::default();
     let mut total_rows = 0usize;
-    for (path, format, meta) in files {
+    // The next file decodes (on a runtime worker) while this one's batches go to the sink:
+    // `buffered` keeps key order, and holds at most two files' batches.
+    let jobs = files.into_iter().map(|(path, format, meta)| {
         let shown = format!("{}{path}", src.display_prefix);
-        let ctx = FileCtx { connector: src.connector, source_name: src.name.to_string(), path: shown.clone() };
-        let require_mapping = |what: &str| {
-            src.mapping.ok_or_else(|| {
-                ctx.error(ErrorKind::Config, format!("{what} files need a column mapping (event_id, account_id, timestamp, ...)"))
-            })
-        };
-        let file_out = match format {
-            FileFormat::Ndjson => {
-                let data = get_bytes(&ctx, src.store.as_ref(), &meta).await?;
-                let ctx2 = ctx.clone();
-                run_blocking(&ctx, move || ndjson::read_ndjson(&ctx2, &data)).await??
-            }
-            FileFormat::Csv => {
-                let mapping = require_mapping("CSV")?.clone();
-                let data = get_bytes(&ctx, src.store.as_ref(), &meta).await?;
-                let ctx2 = ctx.clone();
-                run_blocking(&ctx, move || csv::read_csv(&ctx2, &data, &mapping)).await??
-            }
-            FileFormat::Parquet => {
-                let mapping = require_mapping("Parquet")?;
-                parquet::read_parquet(&ctx, Arc::clone(&src.store), &meta, mapping).await?
-            }
-        };
+        let ctx = FileCtx { connector: src.connector, source_name: src.name.to_string(), path: shown };
+        let job = read_one(ctx.clone(), Arc::clone(&src.store), format, meta.clone(), src.mapping.cloned());
+        async move {
+            let file_out = match tokio::runtime::Handle::try_current() {
+                Ok(handle) => match handle.spawn(job).await {
+                    Ok(r) => r,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(e) => Err(ctx.error(ErrorKind::Io, format!("reader task failed: {e}"))),
+                },
+                Err(_) => job.await,
+            }?;
+            Ok::<_, ConnectorError>((ctx.path, format, meta, file_out))
+        }
+    });
+    let mut jobs = futures::stream::iter(jobs).buffered(2);
+    while let Some((shown, format, meta, file_out)) = jobs.try_next().await? {
         let rows: usize = file_out.batches.iter().map(RecordBatch::num_rows).sum();
         total_rows += rows;
         tracing::debug!(
@@ -308,6 +303,38 @@ pub(crate) async fn read_objects(
         "source read"
     );
     Ok(out)
+}
+
+/// Decode one file whole (its batches and bad records).
+async fn read_one(
+    ctx: FileCtx,
+    store: Arc<dyn ObjectStore>,
+    format: FileFormat,
+    meta: ObjectMeta,
+    mapping: Option<ColumnMapping>,
+) -> Result<FileOutput, ConnectorError> {
+    let require_mapping = |what: &str| {
+        mapping.clone().ok_or_else(|| {
+            ctx.error(ErrorKind::Config, format!("{what} files need a column mapping (event_id, account_id, timestamp, ...)"))
+        })
+    };
+    match format {
+        FileFormat::Ndjson => {
+            let data = get_bytes(&ctx, store.as_ref(), &meta).await?;
+            let ctx2 = ctx.clone();
+            run_blocking(&ctx, move || ndjson::read_ndjson(&ctx2, &data)).await?
+        }
+        FileFormat::Csv => {
+            let mapping = require_mapping("CSV")?;
+            let data = get_bytes(&ctx, store.as_ref(), &meta).await?;
+            let ctx2 = ctx.clone();
+            run_blocking(&ctx, move || csv::read_csv(&ctx2, &data, &mapping)).await?
+        }
+        FileFormat::Parquet => {
+            let mapping = require_mapping("Parquet")?;
+            parquet::read_parquet(&ctx, store, &meta, &mapping).await
+        }
+    }
 }
 
 pub(crate) fn validate_mapping(m: &ColumnMapping) -> Result<(), String> {

@@ -760,7 +760,7 @@ fn line_item(kind: &str, description: String, children: Vec<LineItem>) -> LineIt
     l.quantity = Some("1".into());
     l.value_per_quantity = Some("1".into());
     l.value = "1.00".into();
-    l.metadata = BTreeMap::new();
+    l.metadata = Default::default();
     l.line_items = children;
     l
 }
