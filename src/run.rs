@@ -101,6 +101,8 @@ pub struct StageTime {
     pub seconds: f64,
     /// The process's peak RSS at the end of the stage (MiB): where the peak grows.
     pub peak_rss_mib: f64,
+    /// The process's RSS at the end of the stage (MiB): what the stage left held.
+    pub rss_mib: f64,
 }
 
 impl Timings {
@@ -115,25 +117,27 @@ impl Timings {
     fn split_off(&mut self, from: &'static str, to: &'static str, seconds: f64) {
         if let Some(i) = self.stages.iter().position(|s| s.stage == from) {
             self.stages[i].seconds -= seconds;
-            let peak_rss_mib = self.stages[i].peak_rss_mib;
+            let (peak_rss_mib, rss_mib) = (self.stages[i].peak_rss_mib, self.stages[i].rss_mib);
             match self.stages.iter_mut().find(|s| s.stage == to) {
                 Some(s) => {
                     s.seconds += seconds;
                     s.peak_rss_mib = peak_rss_mib;
+                    s.rss_mib = rss_mib;
                 }
-                None => self.stages.push(StageTime { stage: to, seconds, peak_rss_mib }),
+                None => self.stages.push(StageTime { stage: to, seconds, peak_rss_mib, rss_mib }),
             }
         }
     }
 
     fn add(&mut self, stage: &'static str, seconds: f64) {
-        let peak_rss_mib = peak_rss_mib();
+        let (peak_rss_mib, rss_mib) = (peak_rss_mib(), rss_mib());
         match self.stages.iter_mut().find(|s| s.stage == stage) {
             Some(s) => {
                 s.seconds += seconds;
                 s.peak_rss_mib = peak_rss_mib;
+                s.rss_mib = rss_mib;
             }
-            None => self.stages.push(StageTime { stage, seconds, peak_rss_mib }),
+            None => self.stages.push(StageTime { stage, seconds, peak_rss_mib, rss_mib }),
         }
     }
 }
@@ -147,6 +151,14 @@ pub fn peak_rss_mib() -> f64 {
     }
     // Linux reports kilobytes
     ru.ru_maxrss as f64 / 1024.0
+}
+
+/// Resident set size of this process now, in MiB (0 where `/proc/self/statm` is unavailable).
+pub fn rss_mib() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as f64;
+    let pages = std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok());
+    pages.map_or(0.0, |p| p * page / 1048576.0)
 }
 
 #[derive(Debug, thiserror::Error)]
