@@ -194,7 +194,6 @@ fn in_arrival_order(df: &DataFrame) -> PolarsResult<bool> {
     Ok(true)
 }
 
-/// Ingest the event frame against the catalog and the billing windows.
 /// The frame with its text columns copied into buffers of their own. A filtered polars text
 /// column still points into the buffers of the column it came from: kept until the end of the
 /// run, the few rejected rows of every partition held all of its text (gigabytes at 50M events).
@@ -214,6 +213,7 @@ fn compact(df: DataFrame) -> PolarsResult<DataFrame> {
     DataFrame::new(height, columns)
 }
 
+/// Ingest the event frame against the catalog and the billing windows.
 pub fn ingest(
     frame: EventFrame,
     catalog: &Catalog,
