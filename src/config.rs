@@ -31,6 +31,29 @@ pub struct RawConfig {
     pub settlement: RawSettlement,
     #[serde(default)]
     pub corrections: Option<RawCorrections>,
+    #[serde(default)]
+    pub output: RawOutput,
+}
+
+/// `[output]`: how the store lays out what a run writes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutput {
+    #[serde(default)]
+    pub invoice_documents: InvoiceDocuments,
+}
+
+/// How an issued invoice's three documents (JSON, HTML, text) are stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvoiceDocuments {
+    /// `invoices/<account>/<invoice id>.{json,html,txt}`: three files per invoice.
+    #[default]
+    Files,
+    /// `invoices/<as-of>/<generation>-<n>.tar.zst`: the same three documents of up to 2048
+    /// invoices per zstd-compressed tar (src/bundle.rs), for runs of many accounts: each file
+    /// written costs far more than its bytes on most file systems and object stores.
+    Bundles,
 }
 
 /// `[corrections]`: event corrections (UNDO / REDO / REDO_EVENT) applied before rating.
@@ -166,6 +189,8 @@ pub struct Config {
     pub late_usage: crate::settle::LateUsagePolicy,
     /// Event corrections to apply before rating (`[corrections] path`).
     pub corrections: Option<PathBuf>,
+    /// `[output] invoice_documents`.
+    pub invoice_documents: InvoiceDocuments,
 }
 
 /// The invoice sequence format: literal text with `{SEQ}` / `{SEQ:n}` (zero-padded to n digits)
@@ -384,6 +409,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Diagnostics> {
         },
         templates_dir: raw.templates.map(|t| resolve(&t.dir)),
         corrections: raw.corrections.map(|c| resolve(&c.path)),
+        invoice_documents: raw.output.invoice_documents,
         late_usage: match raw.settlement.late_usage {
             LateUsage::Report => crate::settle::LateUsagePolicy::Report,
             LateUsage::Adjust => crate::settle::LateUsagePolicy::Adjust,
@@ -435,6 +461,16 @@ path = "out"
         let e = parse(&bad, Path::new("b.toml"), &|_| None).unwrap_err().to_string();
         assert!(e.starts_with("b.toml:6:"), "{e}");
         assert!(e.contains("unknown field `roundng`"), "{e}");
+    }
+
+    #[test]
+    fn invoice_documents_are_files_unless_bundles_are_asked_for() {
+        assert_eq!(parse(OK, Path::new("b.toml"), &|_| None).unwrap().invoice_documents, InvoiceDocuments::Files);
+        let t = format!("{OK}\n[output]\ninvoice_documents = \"bundles\"\n");
+        assert_eq!(parse(&t, Path::new("b.toml"), &|_| None).unwrap().invoice_documents, InvoiceDocuments::Bundles);
+        let bad = format!("{OK}\n[output]\ninvoice_documents = \"zip\"\n");
+        let e = parse(&bad, Path::new("b.toml"), &|_| None).unwrap_err().to_string();
+        assert!(e.starts_with("b.toml:") && e.contains("`zip`") && e.contains("`files` or `bundles`"), "{e}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub enum ExplainError {
 
 fn lines_json(li: &LineItem) -> Vec<Value> {
     let mut out = Vec::new();
-    if crate::render::is_billed_line(&li.kind) {
+    if crate::render::is_billed_line(li.kind) {
         let parts: Vec<Value> = li
             .line_items
             .iter()

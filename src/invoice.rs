@@ -7,6 +7,7 @@
 //! (slabs, clamp adjustments) show exact, unrounded values: they explain the line, they are not
 //! billed separately. Pure: no I/O, no clock.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{Days, NaiveDate};
@@ -33,7 +34,7 @@ pub struct LineItem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: &'static str,
     pub description: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quantity: Option<String>,
@@ -47,10 +48,10 @@ pub struct LineItem {
 }
 
 impl LineItem {
-    pub(crate) fn new(kind: &str, description: impl Into<String>, value: String) -> Self {
+    pub(crate) fn new(kind: &'static str, description: impl Into<String>, value: String) -> Self {
         LineItem {
             id: None,
-            kind: kind.into(),
+            kind,
             description: description.into(),
             quantity: None,
             value_per_quantity: None,
@@ -63,21 +64,31 @@ impl LineItem {
 
 /// A line's metadata: a few string pairs, kept sorted by key (serialized as a JSON object, like
 /// a `BTreeMap`). A sorted `Vec` rather than a `BTreeMap`: an invoice has dozens of lines with
-/// two to four entries each, and a B-tree node per line was most of an invoice's memory.
+/// two to four entries each, and a B-tree node per line was most of an invoice's memory. Keys
+/// are nearly always literals, so they are not allocated.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LineMeta(Vec<(String, String)>);
+pub struct LineMeta(Vec<(Cow<'static, str>, String)>);
 
 impl LineMeta {
     /// Set `key` (replacing its value when present).
-    pub fn insert(&mut self, key: String, value: String) {
-        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
+    pub fn insert(&mut self, key: &'static str, value: String) {
+        self.set(Cow::Borrowed(key), value)
+    }
+
+    /// [`Self::insert`] with a key made at run time.
+    pub fn insert_owned(&mut self, key: String, value: String) {
+        self.set(Cow::Owned(key), value)
+    }
+
+    fn set(&mut self, key: Cow<'static, str>, value: String) {
+        match self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key.as_ref())) {
             Ok(i) => self.0[i].1 = value,
             Err(i) => self.0.insert(i, (key, value)),
         }
     }
 
     pub fn get(&self, key: &str) -> Option<&String> {
-        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok().map(|i| &self.0[i].1)
+        self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key)).ok().map(|i| &self.0[i].1)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -91,7 +102,7 @@ impl LineMeta {
 
 impl Serialize for LineMeta {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+        s.collect_map(self.0.iter().map(|(k, v)| (k.as_ref(), v)))
     }
 }
 
@@ -237,24 +248,24 @@ fn card_line(
     let mut line = LineItem::new("USAGE_RATE_CARD_AMOUNT", description, format_amount(amount, cur));
     line.id = Some(id);
     line.quantity = Some(format_exact(ch.quantity));
-    line.metadata.insert("usageMeterId".into(), meter_id.into());
+    line.metadata.insert("usageMeterId", meter_id.into());
     line.metadata.insert(
-        "pricingModel".into(),
+        "pricingModel",
         match model {
             PricingModel::Tiered => "TIERED",
             PricingModel::Volume => "VOLUME",
         }
         .into(),
     );
-    line.metadata.insert("exactValue".into(), format_exact(ch.exact));
+    line.metadata.insert("exactValue", format_exact(ch.exact));
     for s in &ch.slabs {
         let mut sl = LineItem::new("USAGE_RATE_CARD_SLAB_AMOUNT", slab_description(s), format_exact(s.revenue));
         sl.quantity = Some(format_exact(s.quantity));
         sl.value_per_quantity = Some(format_exact(s.rate));
-        sl.metadata.insert("order".into(), s.order.to_string());
-        sl.metadata.insert("priceType".into(), s.price_type.as_str().into());
+        sl.metadata.insert("order", s.order.to_string());
+        sl.metadata.insert("priceType", s.price_type.as_str().into());
         if let Some(p) = s.packages {
-            sl.metadata.insert("packageQuantity".into(), format_exact(p));
+            sl.metadata.insert("packageQuantity", format_exact(p));
         }
         line.line_items.push(sl);
         if let Some(k) = s.clamp_kind {
@@ -263,7 +274,7 @@ fn card_line(
                 format!("Slab {} {} rate applied", s.order, k.as_str()),
                 format_exact(s.adjustment),
             );
-            adj.metadata.insert("appliedTo".into(), format!("slab {}", s.order));
+            adj.metadata.insert("appliedTo", format!("slab {}", s.order));
             line.line_items.push(adj);
         }
     }
@@ -273,7 +284,7 @@ fn card_line(
             format!("Rate card {} rate applied", k.as_str()),
             format_exact(ch.card_adjustment),
         );
-        adj.metadata.insert("appliedTo".into(), "rate card".into());
+        adj.metadata.insert("appliedTo", "rate card".into());
         line.line_items.push(adj);
     }
     (line, amount)
@@ -288,7 +299,7 @@ pub(crate) fn totals_tree(value: &str, gross_children: Vec<LineItem>) -> LineIte
     wrap("GRAND_TOTAL_AMOUNT", "Grand total", value, vec![total])
 }
 
-pub(crate) fn wrap(kind: &str, description: &str, value: &str, children: Vec<LineItem>) -> LineItem {
+pub(crate) fn wrap(kind: &'static str, description: &str, value: &str, children: Vec<LineItem>) -> LineItem {
     let mut l = LineItem::new(kind, description, value.to_string());
     l.line_items = children;
     l
@@ -317,9 +328,9 @@ fn fixed_fee_line(ff: &FixedFeeCard, w: &Window, cur: &Currency, org: &Organizat
     line.id = Some(format!("ff.{}", ff.addon_id));
     line.quantity = Some("1".into());
     line.value_per_quantity = Some(format_exact(rate));
-    line.metadata.insert("addOnId".into(), ff.addon_id.clone());
+    line.metadata.insert("addOnId", ff.addon_id.clone());
     line.metadata.insert(
-        "type".into(),
+        "type",
         match ff.kind {
             FeeKind::OneTime => "ONE_TIME",
             FeeKind::Recurring { .. } => "RECURRING",
@@ -327,15 +338,15 @@ fn fixed_fee_line(ff: &FixedFeeCard, w: &Window, cur: &Currency, org: &Organizat
         .into(),
     );
     if prorate {
-        line.metadata.insert("prorationFactor".into(), format!("{days}/{cycle_days}"));
+        line.metadata.insert("prorationFactor", format!("{days}/{cycle_days}"));
         // the exact prorated value is a fraction (e.g. 686/31): shown as one, never as a truncated decimal
-        line.metadata.insert("exactValue".into(), format!("{}/{cycle_days}", format_exact(rate * Decimal::from(days))));
+        line.metadata.insert("exactValue", format!("{}/{cycle_days}", format_exact(rate * Decimal::from(days))));
     }
     Some((line, amount))
 }
 
 /// The slab split of a charge as child lines of `kind` (exact values: they explain the line).
-fn slab_lines(kind: &str, ch: &CardCharge) -> Vec<LineItem> {
+fn slab_lines(kind: &'static str, ch: &CardCharge) -> Vec<LineItem> {
     ch.slabs
         .iter()
         .map(|sl| {
@@ -350,8 +361,8 @@ fn slab_lines(kind: &str, ch: &CardCharge) -> Vec<LineItem> {
 /// A card line billed at its rate-plan charge, rounded once: key as id, the quantity, the exact
 /// value and the slab split (credit grants, entitlements, overage).
 fn plan_line(
-    kind: &str,
-    slab_kind: &str,
+    kind: &'static str,
+    slab_kind: &'static str,
     description: &str,
     key: &str,
     ch: &CardCharge,
@@ -362,18 +373,18 @@ fn plan_line(
     let mut line = LineItem::new(kind, description, format_amount(amount, cur));
     line.id = Some(key.to_string());
     line.quantity = Some(format_exact(ch.quantity));
-    line.metadata.insert("exactValue".into(), format_exact(ch.exact));
+    line.metadata.insert("exactValue", format_exact(ch.exact));
     line.line_items = slab_lines(slab_kind, ch);
     (line, amount)
 }
 
 /// A license card's line from its slab pricing of one quantity (children: the slab split).
-fn license_line(kind: &str, lc: &LicenseCard, ch: &CardCharge, amount: Decimal, cur: &Currency) -> LineItem {
+fn license_line(kind: &'static str, lc: &LicenseCard, ch: &CardCharge, amount: Decimal, cur: &Currency) -> LineItem {
     let mut line = LineItem::new(kind, &lc.display_name, format_amount(amount, cur));
     line.id = Some(format!("lrc.{}", lc.addon_id));
     line.quantity = Some(format_exact(ch.quantity));
-    line.metadata.insert("addOnId".into(), lc.addon_id.clone());
-    line.metadata.insert("exactValue".into(), format_exact(ch.exact));
+    line.metadata.insert("addOnId", lc.addon_id.clone());
+    line.metadata.insert("exactValue", format_exact(ch.exact));
     line.line_items = slab_lines("LICENSE_RATE_CARD_SLAB_AMOUNT", ch);
     line
 }
@@ -393,7 +404,7 @@ fn license_arrears(
         let ch = rate_plan(lc.model, &lc.slabs, rates, peak);
         let amount = round_line(ch.exact, cur, org.rounding);
         let mut line = license_line("LICENSE_RATE_CARD_AMOUNT", lc, &ch, amount, cur);
-        line.metadata.insert("basis".into(), "peak quantity of the cycle".into());
+        line.metadata.insert("basis", "peak quantity of the cycle".into());
         return Some((line, amount));
     }
     let (_, cycle_days) = w.days();
@@ -407,16 +418,16 @@ fn license_arrears(
         // n days at the price of q licenses for a whole cycle
         c.quantity = Some(n.to_string());
         c.value_per_quantity = Some(format_exact(ch.exact));
-        c.metadata.insert("licenses".into(), format_exact(q));
+        c.metadata.insert("licenses", format_exact(q));
         parts.push(c);
     }
     let amount = round_ratio(numerator, Decimal::from(cycle_days), cur, org.rounding)?;
     let mut line = LineItem::new("LICENSE_RATE_CARD_AMOUNT", &lc.display_name, format_amount(amount, cur));
     line.id = Some(format!("lrc.{}", lc.addon_id));
     line.quantity = Some(format_exact(peak));
-    line.metadata.insert("addOnId".into(), lc.addon_id.clone());
-    line.metadata.insert("basis".into(), "quantity of each day, prorated".into());
-    line.metadata.insert("exactValue".into(), format!("{}/{cycle_days}", format_exact(numerator)));
+    line.metadata.insert("addOnId", lc.addon_id.clone());
+    line.metadata.insert("basis", "quantity of each day, prorated".into());
+    line.metadata.insert("exactValue", format!("{}/{cycle_days}", format_exact(numerator)));
     line.line_items = parts;
     Some((line, amount))
 }
@@ -593,7 +604,7 @@ fn apply_rules(
                 let amount = round_line(value, cur, org.rounding);
                 let mut l = LineItem::new("PRICING_RULE_ADDITION_AMOUNT", description, format_amount(amount, cur));
                 l.id = Some(rule.id.clone());
-                l.metadata.insert("exactValue".into(), format_exact(value));
+                l.metadata.insert("exactValue", format_exact(value));
                 entry.after = Some(format_amount(amount, cur));
                 additions.push((l, amount));
             }
@@ -605,7 +616,7 @@ fn apply_rules(
                         format!("Pricing rule `{}`", rule.name),
                         format_amount(amount - c.2, cur),
                     );
-                    adj.metadata.insert("ruleId".into(), rule.id.clone());
+                    adj.metadata.insert("ruleId", rule.id.clone());
                     entry.target = Some(format!("revenue.{key}"));
                     entry.before = Some(format_amount(c.2, cur));
                     entry.after = Some(format_amount(amount, cur));
@@ -624,8 +635,8 @@ fn apply_rules(
                             format!("Pricing rule `{}`: usage {} → {}", rule.name, format_exact(q), format_exact(value)),
                             format_amount(amount - c.2, cur),
                         );
-                        adj.metadata.insert("ruleId".into(), rule.id.clone());
-                        line.metadata.insert("meteredQuantity".into(), format_exact(q));
+                        adj.metadata.insert("ruleId", rule.id.clone());
+                        line.metadata.insert("meteredQuantity", format_exact(q));
                         line.line_items.push(adj);
                         entry.target = Some(format!("usage.{key}"));
                         entry.before = Some(format_exact(q));
@@ -682,8 +693,8 @@ fn credit_grant(
     let line_kind = if g.timing == Timing::InAdvance { "ADVANCED_CREDIT_GRANT_RATE_CARD_AMOUNT" } else { "CREDIT_GRANT_RATE_CARD_AMOUNT" };
     let key = crate::catalog::grants::grant_key(g);
     let (mut line, amount) = plan_line(line_kind, "CREDIT_GRANT_RATE_CARD_SLAB_AMOUNT", &g.display_name, &key, &ch, cur, org);
-    line.metadata.insert("addOnId".into(), g.addon_id.clone());
-    line.metadata.insert("creditAmount".into(), format_exact(price.credits));
+    line.metadata.insert("addOnId", g.addon_id.clone());
+    line.metadata.insert("creditAmount", format_exact(price.credits));
     let effective_until = match g.expiry {
         Expiry::PricingCycle => Some(w.end),
         Expiry::NoExpiry => None,
@@ -719,7 +730,7 @@ fn entitlement_line(e: &EntitlementCard, cur: &Currency, org: &Organization) -> 
     };
     let key = crate::catalog::grants::entitlement_key(e);
     let (mut line, amount) = plan_line(line_kind, "BILLING_ENTITLEMENT_RATE_CARD_SLAB_AMOUNT", &e.display_name, &key, &ch, cur, org);
-    line.metadata.insert("featureId".into(), e.feature_id.clone());
+    line.metadata.insert("featureId", e.feature_id.clone());
     Some((key, line, amount, None))
 }
 
@@ -809,9 +820,9 @@ fn arrears_invoice(
                 cur,
                 org,
             );
-            line.metadata.insert("featureId".into(), f.to_string());
-            line.metadata.insert("featureUsage".into(), format_exact(fu.consumed));
-            line.metadata.insert("featureCreditsUsed".into(), format_exact(fu.covered));
+            line.metadata.insert("featureId", f.to_string());
+            line.metadata.insert("featureUsage", format_exact(fu.consumed));
+            line.metadata.insert("featureCreditsUsed", format_exact(fu.covered));
             cards.push((key, line, amount, None));
         }
     }
@@ -829,7 +840,7 @@ fn arrears_invoice(
             let true_up = (commitment - subtotal).max(Decimal::ZERO);
             if true_up > Decimal::ZERO {
                 let mut l = LineItem::new("TRUE_UP_AMOUNT", &mc.display_name, format_amount(true_up, cur));
-                l.metadata.insert("minimumCommitment".into(), format_amount(commitment, cur));
+                l.metadata.insert("minimumCommitment", format_amount(commitment, cur));
                 plan_children.push(l);
                 lines.push((mc.display_name.clone(), true_up));
                 total += true_up;
@@ -880,8 +891,8 @@ fn advance_invoices(
         };
         let mut line = license_line("ADVANCED_LICENSE_RATE_CARD_AMOUNT", lc, &ch, amount, cur);
         if prorate {
-            line.metadata.insert("prorationFactor".into(), format!("{win_days}/{cycle_days}"));
-            line.metadata.insert("exactValue".into(), format!("{}/{cycle_days}", format_exact(ch.exact * Decimal::from(win_days))));
+            line.metadata.insert("prorationFactor", format!("{win_days}/{cycle_days}"));
+            line.metadata.insert("exactValue", format!("{}/{cycle_days}", format_exact(ch.exact * Decimal::from(win_days))));
         }
         cards.push((format!("lrc.{}", lc.addon_id), line, amount, None));
         // changes during the cycle (known by the as-of date): increases bill the price difference,
@@ -923,11 +934,11 @@ fn advance_invoices(
                 );
                 l.id = Some(format!("lrc.{}", lc.addon_id));
                 l.quantity = Some(format_exact(q - billed));
-                l.metadata.insert("addOnId".into(), lc.addon_id.clone());
-                l.metadata.insert("priceDifference".into(), format_exact(diff));
+                l.metadata.insert("addOnId", lc.addon_id.clone());
+                l.metadata.insert("priceDifference", format_exact(diff));
                 if lc.proration {
-                    l.metadata.insert("prorationFactor".into(), format!("{remaining}/{cycle_days}"));
-                    l.metadata.insert("exactValue".into(), format!("{}/{cycle_days}", format_exact(diff * Decimal::from(remaining))));
+                    l.metadata.insert("prorationFactor", format!("{remaining}/{cycle_days}"));
+                    l.metadata.insert("exactValue", format!("{}/{cycle_days}", format_exact(diff * Decimal::from(remaining))));
                 }
                 adhoc.entry(day).or_default().push((l, amount));
             }
@@ -1044,7 +1055,7 @@ pub fn custom_invoice(ci: &CustomInvoice, catalog: &Catalog, org: &Organization,
         item.id = Some(l.id.clone().unwrap_or_else(|| format!("custom.{}", i + 1)));
         item.quantity = l.quantity.map(format_exact);
         item.value_per_quantity = l.value_per_quantity.map(format_exact);
-        item.metadata.insert("exactValue".into(), format_exact(l.value));
+        item.metadata.insert("exactValue", format_exact(l.value));
         children.push(item);
         lines.push((l.description.clone(), amount));
     }

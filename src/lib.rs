@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the map of modules and their invariants.
 
 pub mod assign;
+pub mod bundle;
 pub mod catalog;
 pub mod config;
 pub mod corrections;

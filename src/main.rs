@@ -201,6 +201,9 @@ fn main() -> ExitCode {
                             r.events_read - r.events_used
                         );
                     }
+                    // the process ends here: the OS takes back the invoices, ledger and catalog
+                    // at once, where dropping them piece by piece took seconds at 100k invoices
+                    std::mem::forget(r);
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),

@@ -103,7 +103,7 @@ pub fn is_billed_line(kind: &str) -> bool {
 /// Billed lines in tree order; inside a COMPOSITE invoice each merged invoice's lines are
 /// prefixed with its account (the merged invoice's node carries `invoiceId`).
 fn rate_card_lines(li: &LineItem, prefix: &str, out: &mut Vec<LineView>) {
-    if is_billed_line(&li.kind) {
+    if is_billed_line(li.kind) {
         let details = li
             .line_items
             .iter()

@@ -113,7 +113,7 @@ fn by_id(v: &[BuiltInvoice]) -> BTreeMap<&str, &BuiltInvoice> {
 
 fn descriptions(b: &BuiltInvoice, out: &mut BTreeMap<String, String>) {
     fn walk(l: &crate::invoice::LineItem, out: &mut BTreeMap<String, String>) {
-        if let (Some(id), Some(_)) = (&l.id, crate::invoice::line_class(&l.kind)) {
+        if let (Some(id), Some(_)) = (&l.id, crate::invoice::line_class(l.kind)) {
             out.entry(id.clone()).or_insert_with(|| l.description.clone());
             return;
         }

@@ -191,6 +191,8 @@ pub enum RunError {
     LineItems(#[from] crate::lineitems::LineItemsError),
     #[error("{0}")]
     Partition(#[from] crate::partition::PartitionError),
+    #[error("{0}")]
+    Bundle(#[from] crate::bundle::BundleError),
     #[error("another run is writing this store: {0}")]
     Locked(billrun_connectors::error::ConnectorError),
     #[error("another run committed ledger generation {generation} first; nothing of this run was committed (run again to see its result)")]
@@ -525,6 +527,9 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
 /// Invoices rendered (in parallel) before their files are written.
 const RENDER_CHUNK: usize = 2048;
 
+/// Objects to write: (store key, bytes).
+type Files = Vec<(String, Vec<u8>)>;
+
 /// The objects a run created before its ledger commit: removed when the run fails (returns an
 /// error) before committing, so nothing of it looks complete.
 struct Uncommitted<'a> {
@@ -538,6 +543,11 @@ impl Drop for Uncommitted<'_> {
             let _ = self.store.delete(k);
         }
     }
+}
+
+/// A document's name inside a bundle: its per-invoice key below `invoices/`.
+fn member_name(key: &str) -> &str {
+    key.strip_prefix("invoices/").unwrap_or(key)
 }
 
 /// An invoice's three files (JSON, HTML, text) under `dir/<account>/`.
@@ -643,8 +653,8 @@ fn line_item_rows(v: &Value) -> Vec<LineItemRow> {
 /// without going through JSON.
 fn invoice_line_item_rows(inv: &crate::invoice::Invoice) -> Vec<LineItemRow> {
     fn walk(l: &crate::invoice::LineItem, out: &mut Vec<BilledLine>) {
-        if crate::invoice::line_class(&l.kind).is_some() {
-            out.push((l.id.clone(), l.kind.clone(), l.description.clone(), l.quantity.clone(), l.value.clone()));
+        if crate::invoice::line_class(l.kind).is_some() {
+            out.push((l.id.clone(), l.kind.to_string(), l.description.clone(), l.quantity.clone(), l.value.clone()));
             return;
         }
         for c in &l.line_items {
@@ -721,49 +731,89 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     // issued invoices: written once, never again; rendered on every core and written a chunk at
     // a time (durable together at the barrier before the commit), so their bytes are not all
     // held at once
-    let mut write_seconds = 0.0;
-    for chunk in settled.issued.chunks(RENDER_CHUNK) {
-        let rendered: Vec<_> = {
-            use rayon::prelude::*;
-            chunk.par_iter().map(|b| invoice_files("invoices", b, &renderer)).collect()
-        };
-        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-        for (b, fs) in chunk.iter().zip(rendered) {
-            let fs = fs?;
-            let entry = ledger.issued.get_mut(&b.invoice.id).expect("settlement indexes what it issues");
-            entry.files = fs.iter().map(|(k, v)| (k.clone(), sha(v))).collect();
-            files.extend(fs);
-        }
-        // written on every core too: creating files is most of the cost
+    let bundled = cfg.invoice_documents == crate::config::InvoiceDocuments::Bundles;
+    // `bundles`: a chunk's documents go in one tar (src/bundle.rs), named by the generation that
+    // issues them, so a later run at the same as-of never reuses a name
+    let generation = ledger.generation;
+    let bundle_key = |n: usize| format!("invoices/{as_of}/{generation:06}-{n:05}.tar.zst");
+    // pack (when bundled) and write one chunk's files: the keys it created, and its first error
+    let flush = |n: usize, files: Files| -> (Vec<String>, Option<RunError>, f64) {
+        use rayon::prelude::*;
         let t = Instant::now();
-        let written: Vec<Result<Option<String>, RunError>> = {
-            use rayon::prelude::*;
+        let files = if bundled {
+            let key = bundle_key(n);
+            match crate::bundle::pack(&key, files.iter().map(|(k, v)| (member_name(k), v.as_slice()))) {
+                Ok(tar) => vec![(key, tar)],
+                Err(e) => return (Vec::new(), Some(e.into()), t.elapsed().as_secs_f64()),
+            }
+        } else {
             files
-                .into_par_iter()
-                .map(|(k, bytes)| {
-                    // not in the committed ledger: absent, or left by a run that never committed
-                    if store.get(&k)?.as_deref() == Some(bytes.as_slice()) {
-                        return Ok(None);
-                    }
-                    store.put_deferred(&k, &bytes)?;
-                    crate::faults::point("writing");
-                    Ok(Some(k))
-                })
-                .collect()
         };
-        // every object made is recorded (to be removed on failure) before any error returns
-        let mut failed = None;
+        // written on every core too: creating files is most of the cost
+        let written: Vec<Result<Option<String>, RunError>> = files
+            .into_par_iter()
+            .map(|(k, bytes)| {
+                // not in the committed ledger: absent, or left by a run that never committed
+                if store.get(&k)?.as_deref() == Some(bytes.as_slice()) {
+                    return Ok(None);
+                }
+                store.put_deferred(&k, &bytes)?;
+                crate::faults::point("writing");
+                Ok(Some(k))
+            })
+            .collect();
+        let (mut keys, mut failed) = (Vec::new(), None);
         for w in written {
             match w {
-                Ok(Some(k)) => created.keys.push(k),
+                Ok(Some(k)) => keys.push(k),
                 Ok(None) => {}
                 Err(e) => failed = failed.or(Some(e)),
             }
         }
-        if let Some(e) = failed {
-            return Err(e);
+        (keys, failed, t.elapsed().as_secs_f64())
+    };
+    // chunk n is packed and written while chunk n + 1 renders
+    let mut write_seconds = 0.0;
+    let mut pending: Option<(usize, Files)> = None;
+    let chunks: Vec<&[BuiltInvoice]> = settled.issued.chunks(RENDER_CHUNK).collect();
+    for n in 0..=chunks.len() {
+        let prev = pending.take();
+        let (rendered, flushed) = rayon::join(
+            || {
+                use rayon::prelude::*;
+                let chunk: &[BuiltInvoice] = chunks.get(n).copied().unwrap_or_default();
+                chunk
+                    .par_iter()
+                    .map(|b| {
+                        let fs = invoice_files("invoices", b, &renderer)?;
+                        let hashes: Vec<String> = fs.iter().map(|(_, v)| sha(v)).collect();
+                        Ok((fs, hashes))
+                    })
+                    .collect::<Vec<Result<_, RunError>>>()
+            },
+            || prev.map(|(m, files)| flush(m, files)),
+        );
+        // every object made is recorded (to be removed on failure) before any error returns
+        if let Some((keys, failed, seconds)) = flushed {
+            created.keys.extend(keys);
+            write_seconds += seconds;
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
-        write_seconds += t.elapsed().as_secs_f64();
+        let Some(chunk) = chunks.get(n) else { break };
+        let mut files: Files = Vec::new();
+        for (b, r) in chunk.iter().zip(rendered) {
+            let (fs, hashes) = r?;
+            let entry = ledger.issued.get_mut(&b.invoice.id).expect("settlement indexes what it issues");
+            entry.files = fs
+                .iter()
+                .zip(hashes)
+                .map(|((k, _), h)| (if bundled { crate::bundle::member_key(&bundle_key(n), member_name(k)) } else { k.clone() }, h))
+                .collect();
+            files.extend(fs);
+        }
+        pending = Some((n, files));
     }
     let mut other: Vec<(String, Vec<u8>)> = Vec::new();
     for b in &settled.drafts {
@@ -771,6 +821,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     }
     let draft_keys: std::collections::BTreeSet<String> = other.iter().map(|f| f.0.clone()).collect();
     timings.lap("render", &mut lap);
+    // packing and writing overlap the next chunk's rendering: `write` is their time, `render` the rest
     timings.split_off("render", "write", write_seconds);
     let run_dir = format!("runs/{as_of}");
     let mut rej = String::new();
@@ -796,6 +847,24 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     for b in &settled.issued {
         issued_by_id.entry(b.invoice.id.as_str()).or_insert(b);
     }
+    // a re-run's invoices issued earlier at this as-of are read back; each bundle once
+    let mut bundled_json: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+    let mut bundles: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for (id, e) in &issued_now {
+        if !issued_by_id.contains_key(id.as_str()) {
+            bundles.extend(e.files.keys().filter(|k| k.ends_with(".json")).filter_map(|k| crate::bundle::split_key(k)).map(|(b, _)| b));
+        }
+    }
+    for b in bundles {
+        let bytes = store
+            .get(b)?
+            .ok_or_else(|| ledger::LedgerError { key: b.to_string(), message: "an issued invoice bundle is missing".into() })?;
+        for (name, doc) in crate::bundle::unpack(b, &bytes)? {
+            if name.ends_with(".json") {
+                bundled_json.insert(crate::bundle::member_key(b, &name), doc);
+            }
+        }
+    }
     let per_invoice: Vec<Result<Vec<LineItemRow>, RunError>> = {
         use rayon::prelude::*;
         issued_now
@@ -805,8 +874,15 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
                     Some(b) => return Ok(invoice_line_item_rows(&b.invoice)),
                     None => {
                         let key = e.files.keys().find(|k| k.ends_with(".json")).cloned().unwrap_or_default();
-                        let bytes = store.get(&key)?.unwrap_or_default();
-                        serde_json::from_slice(&bytes).map_err(|err| {
+                        let fetched;
+                        let bytes: &[u8] = match bundled_json.get(&key) {
+                            Some(b) => b,
+                            None => {
+                                fetched = store.get(&key)?.unwrap_or_default();
+                                &fetched
+                            }
+                        };
+                        serde_json::from_slice(bytes).map_err(|err| {
                             RunError::Ledger(ledger::LedgerError { key, message: format!("issued invoice unreadable: {err}") })
                         })?
                     }

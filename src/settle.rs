@@ -102,7 +102,7 @@ fn parse_amount(s: &str) -> Decimal {
 fn billed_lines(root: &LineItem) -> Vec<Creditable> {
     fn walk(l: &LineItem, out: &mut Vec<Creditable>) {
         // miscellaneous charges and credits are settlement's own lines, not what rating billed
-        let class = line_class(&l.kind).filter(|c| !matches!(c, Class::Charge | Class::Credit));
+        let class = line_class(l.kind).filter(|c| !matches!(c, Class::Charge | Class::Credit));
         if let Some(class) = class {
             let id = l.id.clone().unwrap_or_else(|| l.kind.to_ascii_lowercase());
             // `urc.<meter>`, `ff.<add-on>`, `lrc.<add-on>`, `cg.…`: the entity is after the first dot
@@ -369,12 +369,12 @@ fn settle_one(cat: &Catalog, org: &Organization, b: &mut BuiltInvoice, l: &mut L
                 Ok(v) => {
                     let a = round_line(v, &cur, org.rounding);
                     let mut item = LineItem::new("MISCELLANEOUS_CHARGE", &m.name, format_amount(a, &cur));
-                    item.metadata.insert("exactValue".into(), crate::money::format_exact(v));
+                    item.metadata.insert("exactValue", crate::money::format_exact(v));
                     (a, item)
                 }
                 Err(e) => {
                     let mut item = LineItem::new("MISCELLANEOUS_CHARGE", &m.name, format_amount(Decimal::ZERO, &cur));
-                    item.metadata.insert("error".into(), e);
+                    item.metadata.insert("error", e);
                     (Decimal::ZERO, item)
                 }
             };
@@ -383,7 +383,7 @@ fn settle_one(cat: &Catalog, org: &Organization, b: &mut BuiltInvoice, l: &mut L
                 item.value_per_quantity = Some(crate::money::format_exact(*rate));
             }
             item.id = Some(format!("misc.{}", m.name));
-            item.metadata.insert("considerForRevenue".into(), m.consider_for_revenue.to_string());
+            item.metadata.insert("considerForRevenue", m.consider_for_revenue.to_string());
             misc_total += amount;
             b.lines.push((m.name.clone(), amount));
             misc_items.push(item);
@@ -436,7 +436,7 @@ fn settle_one(cat: &Catalog, org: &Organization, b: &mut BuiltInvoice, l: &mut L
         let mut item = LineItem::new("SUB_CREDITS", format!("Credit {id}"), format_amount(-*sum, &cur));
         item.id = Some(id.clone());
         for (line, x) in parts {
-            item.metadata.insert(format!("appliedTo.{line}"), format_amount(*x, &cur));
+            item.metadata.insert_owned(format!("appliedTo.{line}"), format_amount(*x, &cur));
         }
         credit_items.push(item);
         b.lines.push((format!("Credit {id}"), -*sum));
@@ -532,8 +532,8 @@ fn adjustment_invoice(
     for d in deltas.iter().filter(|d| !d.delta.is_zero()) {
         let mut item = LineItem::new("CUSTOM_AMOUNT", format!("Late usage: {}", d.id), format_amount(d.delta, cur));
         item.id = Some(d.id.clone());
-        item.metadata.insert("issued".into(), format_amount(d.issued, cur));
-        item.metadata.insert("recomputed".into(), format_amount(d.recomputed, cur));
+        item.metadata.insert("issued", format_amount(d.issued, cur));
+        item.metadata.insert("recomputed", format_amount(d.recomputed, cur));
         children.push(item);
         lines.push((format!("Late usage: {}", d.id), d.delta));
     }
@@ -567,8 +567,8 @@ fn composite(cat: &Catalog, org: &Organization, group_id: &str, day: NaiveDate, 
     for c in children {
         let mut node = c.invoice.revenue_info.line_items[0].clone();
         node.description = format!("{} ({})", c.invoice.invoice_details.account.name, c.invoice.id);
-        node.metadata.insert("accountId".into(), c.invoice.account_id.clone());
-        node.metadata.insert("invoiceId".into(), c.invoice.id.clone());
+        node.metadata.insert("accountId", c.invoice.account_id.clone());
+        node.metadata.insert("invoiceId", c.invoice.id.clone());
         nodes.push(node);
         lines.extend(c.lines.iter().map(|(n, a)| (format!("{}: {n}", c.invoice.account_id), *a)));
     }

@@ -135,7 +135,7 @@ pub fn simulate(opts: &SimulateOptions) -> Result<Simulation, SimulateError> {
 /// The simulation as text: each billed line with its slabs, and the total.
 pub fn to_text(s: &Simulation) -> String {
     fn walk(l: &crate::invoice::LineItem, out: &mut String) {
-        if crate::invoice::line_class(&l.kind).is_some() {
+        if crate::invoice::line_class(l.kind).is_some() {
             let q = l.quantity.as_deref().map(|q| format!(" × {q}")).unwrap_or_default();
             out.push_str(&format!("  {}{q}: {}\n", l.description, l.value));
             for c in &l.line_items {

@@ -752,10 +752,10 @@ fn base_invoice() -> &'static Invoice {
     })
 }
 
-fn line_item(kind: &str, description: String, children: Vec<LineItem>) -> LineItem {
+fn line_item(kind: &'static str, description: String, children: Vec<LineItem>) -> LineItem {
     let mut l = base_invoice().revenue_info.clone();
     l.id = None;
-    l.kind = kind.into();
+    l.kind = kind;
     l.description = description;
     l.quantity = Some("1".into());
     l.value_per_quantity = Some("1".into());

@@ -252,3 +252,55 @@ fn duckdb_reads_the_line_item_export_as_it_is() {
          inv.ACC-A.2026-11-01|INV-2026-00003|35.0000|4|DECIMAL(38,4)\n"
     );
 }
+
+/// `[output] invoice_documents = "bundles"`: the three nights write the very documents of the
+/// per-invoice layout, packed in tars; everything else a run derives from them is the same; a
+/// re-run reads issued invoices back out of the bundles and rewrites nothing.
+#[test]
+fn bundled_invoice_documents_hold_the_per_invoice_documents() {
+    let files = reference();
+    let t = scenario();
+    let cfg = t.path().join("billrun.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[output]\ninvoice_documents = \"bundles\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    for d in DATES {
+        run_ok(t.path(), d);
+    }
+    let out = t.path().join("out");
+    let got = snapshot(&out);
+    let mut members = BTreeMap::new();
+    let mut bundles = Vec::new();
+    for (k, v) in got.iter().filter(|(k, _)| k.starts_with("invoices/")) {
+        bundles.push(k.clone());
+        for (name, doc) in billrun::bundle::unpack(k, v).unwrap() {
+            assert!(members.insert(format!("invoices/{name}"), doc).is_none(), "{name} is in two bundles");
+        }
+    }
+    // one bundle per night (one invoice each), named by as-of and ledger generation
+    assert_eq!(
+        bundles,
+        [
+            "invoices/2026-10-01/000001-00000.tar.zst",
+            "invoices/2026-11-01/000002-00000.tar.zst",
+            "invoices/2026-12-01/000003-00000.tar.zst"
+        ]
+    );
+    let want: BTreeMap<String, Vec<u8>> =
+        files.iter().filter(|(k, _)| k.starts_with("invoices/")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(members.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    assert!(members == want, "the bundled documents differ from the per-invoice files");
+    for (k, v) in files.iter().filter(|(k, _)| k.starts_with("runs/") && !k.ends_with("manifest.json")) {
+        assert!(got.get(k) == Some(v), "{k} differs between the layouts");
+    }
+    // the ledger indexes each document inside its bundle
+    let ledger = json(&out, "ledger/0000000003.json");
+    // (the November cycle is issued by the run as of December 1: ledger generation 3)
+    let idx = &ledger["issued"]["inv.ACC-A.2026-11-01"]["files"];
+    assert!(idx.get("invoices/2026-12-01/000003-00000.tar.zst#ACC-A/inv.ACC-A.2026-11-01.json").is_some(), "{idx}");
+
+    // a re-run of the last night issues nothing, so it reads the line items back from the bundle
+    std::fs::remove_file(out.join("runs/2026-12-01/line_items.parquet")).unwrap();
+    run_ok(t.path(), "2026-12-01");
+    assert_eq!(snapshot(&out), got);
+}
