@@ -156,53 +156,74 @@ pub fn build(batches: &[RecordBatch]) -> Result<EventFrame, FrameError> {
         let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
         Ok(arrow::compute::concat(&refs)?)
     };
-    let mut cols: Vec<Column> = Vec::new();
-    for name in [EVENT_ID, SCHEMA_NAME, ACCOUNT_ID] {
-        let parts = batches.iter().map(|b| text(&get(b, name), name)).collect::<Result<Vec<_>, _>>()?;
-        let mut a = concat(parts)?;
-        if a.data_type() != &ADataType::Utf8 {
-            a = arrow::compute::cast(&a, &ADataType::Utf8)?;
-        }
-        cols.push(to_polars(name, &a)?);
+    // every column is built on its own (and so on every core): text, timestamps, attributes
+    // (exact mantissas at one scale, with the rows that held no number), dimensions
+    enum Job {
+        Text(String),
+        Micros(&'static str),
+        Attr(String),
     }
-    for name in [TIMESTAMP, INGESTED_AT] {
-        let parts = batches.iter().map(|b| micros(&get(b, name), name)).collect::<Result<Vec<_>, _>>()?;
-        let a = if parts.is_empty() { Arc::new(arrow::array::Int64Array::new_null(0)) as ArrayRef } else { concat(parts)? };
-        cols.push(to_polars(name, &a)?);
-    }
+    let jobs: Vec<Job> = [EVENT_ID, SCHEMA_NAME, ACCOUNT_ID]
+        .into_iter()
+        .map(|n| Job::Text(n.to_string()))
+        .chain([TIMESTAMP, INGESTED_AT].into_iter().map(Job::Micros))
+        .chain(attrs.iter().map(|n| Job::Attr(n.clone())))
+        .chain(dims.iter().map(|n| Job::Text(format!("{DIM_PREFIX}{n}"))))
+        .collect();
+    // (column, for an attribute: its scale and its rows without a number)
+    type Built = (Column, Option<(u32, Vec<(usize, String)>)>);
+    let built: Vec<Result<Built, FrameError>> = {
+        use rayon::prelude::*;
+        jobs.par_iter()
+            .map(|job| match job {
+                Job::Text(name) => {
+                    let parts = batches.iter().map(|b| text(&get(b, name), name)).collect::<Result<Vec<_>, _>>()?;
+                    let mut a = concat(parts)?;
+                    if a.data_type() != &ADataType::Utf8 {
+                        a = arrow::compute::cast(&a, &ADataType::Utf8)?;
+                    }
+                    Ok((to_polars(name, &a)?, None))
+                }
+                Job::Micros(name) => {
+                    let parts = batches.iter().map(|b| micros(&get(b, name), name)).collect::<Result<Vec<_>, _>>()?;
+                    let a = if parts.is_empty() { Arc::new(arrow::array::Int64Array::new_null(0)) as ArrayRef } else { concat(parts)? };
+                    Ok((to_polars(name, &a)?, None))
+                }
+                Job::Attr(name) => {
+                    let column = format!("{ATTR_PREFIX}{name}");
+                    let parts = batches.iter().map(|b| normalise_attribute(&get(b, &column), &column)).collect::<Result<Vec<_>, _>>()?;
+                    let scale = parts.iter().map(|p| p.scale).max().unwrap_or(0);
+                    let mut values = arrow::array::Decimal128Builder::with_capacity(total);
+                    let (mut row, mut bad) = (0, Vec::new());
+                    for p in parts {
+                        bad.extend(p.bad.into_iter().map(|(i, r)| (row + i, r)));
+                        row += p.values.len();
+                        if p.scale == scale {
+                            values.extend(p.values);
+                        } else {
+                            values.extend(p.values.into_iter().map(|v| v.and_then(|v| numeric::upscale(v, p.scale, scale))));
+                        }
+                    }
+                    let a: ArrayRef = Arc::new(values.finish().with_precision_and_scale(38, scale as i8)?);
+                    Ok((to_polars(&column, &a)?, Some((scale, bad))))
+                }
+            })
+            .collect()
+    };
+    let mut cols: Vec<Column> = Vec::with_capacity(built.len() + 2);
     let mut bad_any = vec![false; total];
     let mut raw_bad: BTreeMap<usize, Vec<serde_json::Value>> = BTreeMap::new();
     let mut attr_scales = BTreeMap::new();
-    for name in &attrs {
-        let column = format!("{ATTR_PREFIX}{name}");
-        let parts = batches.iter().map(|b| normalise_attribute(&get(b, &column), &column)).collect::<Result<Vec<_>, _>>()?;
-        let scale = parts.iter().map(|p| p.scale).max().unwrap_or(0);
-        let mut values = arrow::array::Decimal128Builder::with_capacity(total);
-        let mut row = 0;
-        for p in parts {
-            for (i, r) in p.bad {
-                bad_any[row + i] = true;
-                raw_bad.entry(row + i).or_default().push(serde_json::json!({"name": name, "value": r}));
+    for (job, b) in jobs.iter().zip(built) {
+        let (col, attr) = b?;
+        cols.push(col);
+        if let (Job::Attr(name), Some((scale, bad))) = (job, attr) {
+            for (i, r) in bad {
+                bad_any[i] = true;
+                raw_bad.entry(i).or_default().push(serde_json::json!({"name": name, "value": r}));
             }
-            row += p.values.len();
-            if p.scale == scale {
-                values.extend(p.values);
-            } else {
-                values.extend(p.values.into_iter().map(|v| v.and_then(|v| numeric::upscale(v, p.scale, scale))));
-            }
+            attr_scales.insert(name.clone(), scale);
         }
-        let a: ArrayRef = Arc::new(values.finish().with_precision_and_scale(38, scale as i8)?);
-        cols.push(to_polars(&column, &a)?);
-        attr_scales.insert(name.clone(), scale);
-    }
-    for name in &dims {
-        let column = format!("{DIM_PREFIX}{name}");
-        let parts = batches.iter().map(|b| text(&get(b, &column), &column)).collect::<Result<Vec<_>, _>>()?;
-        let mut a = concat(parts)?;
-        if a.data_type() != &ADataType::Utf8 {
-            a = arrow::compute::cast(&a, &ADataType::Utf8)?;
-        }
-        cols.push(to_polars(&column, &a)?);
     }
     let bad: ArrayRef = Arc::new(BooleanArray::from(bad_any));
     cols.push(to_polars(BAD_ATTR, &bad)?);

@@ -144,22 +144,35 @@ impl<'a> Partitioner<'a> {
                 spill.writers.len() - 1
             }
         };
-        for (b, idx) in rows.into_iter().enumerate() {
-            if idx.is_empty() {
-                continue;
-            }
-            let part = if idx.len() == batch.num_rows() {
-                batch.clone()
-            } else {
-                arrow::compute::take_record_batch(batch, &UInt32Array::from(idx)).map_err(ar)?
-            };
-            let slot = &mut spill.writers[k].1[b];
-            if slot.is_none() {
-                let f = File::create(dir.join(format!("{b:02}-{k}.arrow"))).map_err(io)?;
-                *slot = Some(StreamWriter::try_new(BufWriter::with_capacity(SPILL_BUFFER, f), &schema).map_err(ar)?);
-            }
-            slot.as_mut().expect("opened").write(&part).map_err(ar)?;
-            spill.rows[b] += part.num_rows();
+        // each bucket's rows are taken and encoded on every core: one thread doing it for all
+        // 64 buckets bounded the read stage while decoding left a core idle
+        let written: Vec<Result<usize, PartitionError>> = {
+            use rayon::prelude::*;
+            spill.writers[k]
+                .1
+                .par_iter_mut()
+                .zip(rows.into_par_iter())
+                .enumerate()
+                .map(|(b, (slot, idx))| {
+                    if idx.is_empty() {
+                        return Ok(0);
+                    }
+                    let part = if idx.len() == batch.num_rows() {
+                        batch.clone()
+                    } else {
+                        arrow::compute::take_record_batch(batch, &UInt32Array::from(idx)).map_err(ar)?
+                    };
+                    if slot.is_none() {
+                        let f = File::create(dir.join(format!("{b:02}-{k}.arrow"))).map_err(io)?;
+                        *slot = Some(StreamWriter::try_new(BufWriter::with_capacity(SPILL_BUFFER, f), &schema).map_err(ar)?);
+                    }
+                    slot.as_mut().expect("opened").write(&part).map_err(ar)?;
+                    Ok(part.num_rows())
+                })
+                .collect()
+        };
+        for (b, w) in written.into_iter().enumerate() {
+            spill.rows[b] += w?;
         }
         Ok(())
     }
