@@ -59,6 +59,10 @@ pub struct RunOptions {
     /// Events held in memory at once (overrides `[run] memory_rows`); past it, the input is
     /// partitioned by account (src/partition.rs).
     pub memory_rows: Option<usize>,
+    /// Leave the issued invoices out of the report: each chunk's trees are dropped once it is
+    /// rendered and its line items taken, rather than all held until the run returns (the CLI
+    /// needs only the counts; 100 000 trees are ~2 GB).
+    pub discard_invoices: bool,
 }
 
 /// Everything a run produced, in memory.
@@ -66,7 +70,10 @@ pub struct RunReport {
     pub as_of: NaiveDate,
     /// Where the outputs went (a directory or an s3:// prefix).
     pub store: String,
+    /// The invoices issued (unless `discard_invoices`) and the DRAFT previews.
     pub invoices: Vec<BuiltInvoice>,
+    /// How many invoices this run issued (also with `discard_invoices`).
+    pub issued: usize,
     pub counts: BTreeMap<Reason, u64>,
     pub events_read: u64,
     pub events_used: u64,
@@ -775,19 +782,31 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     // chunk n is packed and written while chunk n + 1 renders
     let mut write_seconds = 0.0;
     let mut pending: Option<(usize, Files)> = None;
-    let chunks: Vec<&[BuiltInvoice]> = settled.issued.chunks(RENDER_CHUNK).collect();
+    let issued_count = settled.issued.len();
+    let mut chunks: Vec<Vec<BuiltInvoice>> = Vec::new();
+    let mut issued = settled.issued.into_iter();
+    loop {
+        let c: Vec<BuiltInvoice> = issued.by_ref().take(RENDER_CHUNK).collect();
+        if c.is_empty() {
+            break;
+        }
+        chunks.push(c);
+    }
+    // line-item rows of the invoices issued now, by id (the first of equal ids), taken while
+    // their chunk renders
+    let mut rows_by_id: std::collections::HashMap<String, Vec<LineItemRow>> = std::collections::HashMap::new();
     for n in 0..=chunks.len() {
         let prev = pending.take();
         let (rendered, flushed) = rayon::join(
             || {
                 use rayon::prelude::*;
-                let chunk: &[BuiltInvoice] = chunks.get(n).copied().unwrap_or_default();
+                let chunk: &[BuiltInvoice] = chunks.get(n).map(Vec::as_slice).unwrap_or_default();
                 chunk
                     .par_iter()
                     .map(|b| {
                         let fs = invoice_files("invoices", b, &renderer)?;
                         let hashes: Vec<String> = fs.iter().map(|(_, v)| sha(v)).collect();
-                        Ok((fs, hashes))
+                        Ok((fs, hashes, invoice_line_item_rows(&b.invoice)))
                     })
                     .collect::<Vec<Result<_, RunError>>>()
             },
@@ -804,7 +823,8 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         let Some(chunk) = chunks.get(n) else { break };
         let mut files: Files = Vec::new();
         for (b, r) in chunk.iter().zip(rendered) {
-            let (fs, hashes) = r?;
+            let (fs, hashes, line_rows) = r?;
+            rows_by_id.entry(b.invoice.id.clone()).or_insert(line_rows);
             let entry = ledger.issued.get_mut(&b.invoice.id).expect("settlement indexes what it issues");
             entry.files = fs
                 .iter()
@@ -814,7 +834,11 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
             files.extend(fs);
         }
         pending = Some((n, files));
+        if opts.discard_invoices {
+            chunks[n] = Vec::new();
+        }
     }
+    let kept: Vec<BuiltInvoice> = chunks.into_iter().flatten().collect();
     let mut other: Vec<(String, Vec<u8>)> = Vec::new();
     for b in &settled.drafts {
         other.extend(invoice_files("drafts", b, &renderer)?);
@@ -842,16 +866,11 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     let mut issued_now: Vec<(&String, &crate::ledger::IssuedInvoice)> =
         ledger.issued.iter().filter(|(_, e)| e.issued_as_of == as_of && e.invoice_type != "COMPOSITE").collect();
     issued_now.sort_by_key(|(id, e)| (e.invoice_date, e.owner_id.clone(), e.start_date, (*id).clone()));
-    // by id (the first of equal ids, as a search would find): a search per invoice is quadratic
-    let mut issued_by_id: std::collections::HashMap<&str, &BuiltInvoice> = std::collections::HashMap::new();
-    for b in &settled.issued {
-        issued_by_id.entry(b.invoice.id.as_str()).or_insert(b);
-    }
     // a re-run's invoices issued earlier at this as-of are read back; each bundle once
     let mut bundled_json: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
     let mut bundles: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
     for (id, e) in &issued_now {
-        if !issued_by_id.contains_key(id.as_str()) {
+        if !rows_by_id.contains_key(id.as_str()) {
             bundles.extend(e.files.keys().filter(|k| k.ends_with(".json")).filter_map(|k| crate::bundle::split_key(k)).map(|(b, _)| b));
         }
     }
@@ -865,13 +884,15 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
             }
         }
     }
+    let now: Vec<Option<Vec<LineItemRow>>> = issued_now.iter().map(|(id, _)| rows_by_id.remove(id.as_str())).collect();
     let per_invoice: Vec<Result<Vec<LineItemRow>, RunError>> = {
         use rayon::prelude::*;
         issued_now
             .par_iter()
-            .map(|(id, e)| {
-                let v: Value = match issued_by_id.get(id.as_str()) {
-                    Some(b) => return Ok(invoice_line_item_rows(&b.invoice)),
+            .zip(now)
+            .map(|((_, e), now)| {
+                let v: Value = match now {
+                    Some(r) => return Ok(r),
                     None => {
                         let key = e.files.keys().find(|k| k.ends_with(".json")).cloned().unwrap_or_default();
                         let fetched;
@@ -1013,7 +1034,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     );
     let store_desc = store.describe();
     tracing::info!(
-        issued = settled.issued.len(),
+        issued = issued_count,
         drafts = settled.drafts.len(),
         late_usage = settled.late.len(),
         generation = ledger.generation,
@@ -1024,12 +1045,13 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         store = %store_desc,
         "bill run complete"
     );
-    let mut all = settled.issued;
+    let mut all = kept;
     all.extend(settled.drafts);
     Ok(RunReport {
         as_of,
         store: store_desc,
         invoices: all,
+        issued: issued_count,
         counts,
         events_read,
         events_used,
