@@ -30,7 +30,9 @@ pub fn member_key(bundle: &str, member: &str) -> String {
     format!("{bundle}#{member}")
 }
 
-/// `(bundle key, member name)` of a member key; `None` for a key of its own file.
+/// `(bundle key, member name)` of a member key; `None` for a key of its own file. Unambiguous
+/// because no store key of a document has a `#` of its own: `run::safe_segment` escapes it in
+/// account and invoice ids (`%23`), and bundle names are made of the as-of date and numbers.
 pub fn split_key(key: &str) -> Option<(&str, &str)> {
     key.split_once('#')
 }
