@@ -183,7 +183,8 @@ impl<'a> Partitioner<'a> {
             return Err(e);
         }
         let Some(mut spill) = self.spill.take() else {
-            return Ok(Partitions { held: Some(std::mem::take(&mut self.held)), groups: Vec::new(), dir: None });
+            let part = Part { held: std::mem::take(&mut self.held), files: Vec::new(), rows: self.held_rows };
+            return Ok(Partitions { parts: vec![part], dir: None });
         };
         let dir = spill.dir.path().to_path_buf();
         let mut files: Vec<Vec<PathBuf>> = vec![Vec::new(); BUCKETS];
@@ -197,58 +198,55 @@ impl<'a> Partitioner<'a> {
             }
         }
         // consecutive buckets, about memory_rows rows per group
-        let mut groups = Vec::new();
-        let mut cur: Vec<PathBuf> = Vec::new();
-        let mut cur_rows = 0;
+        let mut parts = Vec::new();
+        let mut cur = Part { held: Vec::new(), files: Vec::new(), rows: 0 };
         for (b, f) in files.into_iter().enumerate() {
-            if !cur.is_empty() && cur_rows + spill.rows[b] > self.memory_rows {
-                groups.push(std::mem::take(&mut cur));
-                cur_rows = 0;
+            if !cur.files.is_empty() && cur.rows + spill.rows[b] > self.memory_rows {
+                parts.push(std::mem::replace(&mut cur, Part { held: Vec::new(), files: Vec::new(), rows: 0 }));
             }
-            cur.extend(f);
-            cur_rows += spill.rows[b];
+            cur.files.extend(f);
+            cur.rows += spill.rows[b];
         }
-        if !cur.is_empty() {
-            groups.push(cur);
+        if !cur.files.is_empty() {
+            parts.push(cur);
         }
-        Ok(Partitions { held: None, groups, dir: Some(spill.dir) })
+        Ok(Partitions { parts, dir: Some(spill.dir) })
     }
 }
 
-/// The partitions of a run's input, each a set of whole account groups.
+/// The partitions of a run's input, each a set of whole account groups. The spill directory
+/// lives as long as this value.
 pub struct Partitions {
-    held: Option<Vec<RecordBatch>>,
-    groups: Vec<Vec<PathBuf>>,
+    pub parts: Vec<Part>,
     dir: Option<tempfile::TempDir>,
 }
 
+/// One partition: held in memory, or spill files to read back (each read once, from any thread).
+pub struct Part {
+    held: Vec<RecordBatch>,
+    files: Vec<PathBuf>,
+    /// Its number of events.
+    pub rows: usize,
+}
+
 impl Partitions {
-    /// How many partitions there are.
-    pub fn len(&self) -> usize {
-        if self.held.is_some() {
-            1
-        } else {
-            self.groups.len()
-        }
+    /// Where the spill files are (for error messages).
+    pub fn dir(&self) -> String {
+        self.dir.as_ref().map_or_else(|| "memory".to_string(), |d| d.path().display().to_string())
     }
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The batches of partition `i` (read back from the spill files).
-    pub fn take(&mut self, i: usize) -> Result<Vec<RecordBatch>, PartitionError> {
-        if let Some(held) = self.held.as_mut() {
-            return Ok(std::mem::take(held));
-        }
-        let dir = self.dir.as_ref().map_or_else(String::new, |d| d.path().display().to_string());
-        let mut out = Vec::new();
-        for path in std::mem::take(&mut self.groups[i]) {
-            let f = File::open(&path).map_err(|e| PartitionError::Io { dir: dir.clone(), source: e })?;
+impl Part {
+    /// Its batches (read back from the spill files, which are then removed). `dir` names the
+    /// spill directory in errors.
+    pub fn take(&mut self, dir: &str) -> Result<Vec<RecordBatch>, PartitionError> {
+        let mut out = std::mem::take(&mut self.held);
+        for path in std::mem::take(&mut self.files) {
+            let f = File::open(&path).map_err(|e| PartitionError::Io { dir: dir.to_string(), source: e })?;
             let r = StreamReader::try_new(BufReader::with_capacity(1 << 20, f), None)
-                .map_err(|e| PartitionError::Arrow { dir: dir.clone(), source: e })?;
+                .map_err(|e| PartitionError::Arrow { dir: dir.to_string(), source: e })?;
             for b in r {
-                out.push(b.map_err(|e| PartitionError::Arrow { dir: dir.clone(), source: e })?);
+                out.push(b.map_err(|e| PartitionError::Arrow { dir: dir.to_string(), source: e })?);
             }
             // the bucket is in memory now: give its disk space back
             let _ = std::fs::remove_file(&path);

@@ -458,7 +458,7 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
         }
         bad.extend(extra.bad_records);
     }
-    let mut partitions = parts.finish()?;
+    let partitions = parts.finish()?;
     drop(pb);
     timings.lap("read", &mut lap);
     crate::faults::point("reading");
@@ -469,16 +469,26 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     let mut rejects = Vec::new();
     let (mut counts, mut events_read, mut events_used, mut used_by_window) = (BTreeMap::new(), 0u64, 0u64, BTreeMap::new());
     let mut meter_ids = Vec::new();
-    for i in 0..partitions.len() {
-        let batches = partitions.take(i)?;
+    let n_parts = partitions.parts.len();
+    let (outs, split) = ingest_partitions(partitions, memory_rows, &|batches| {
+        let t = Instant::now();
         let frame = frame::build(&batches)?;
         drop(batches);
         let frame = crate::corrections::apply(frame, &plan, originals)?;
-        timings.lap("frame", &mut lap);
+        let framed = t.elapsed().as_secs_f64();
         let out = ingest::ingest(frame, &cat, &windows, &assigner, as_of_us)?;
-        timings.lap("ingest", &mut lap);
-        // ingest times its meter part: its own stage
-        timings.split_off("ingest", "meter", out.meter_seconds);
+        Ok((out, framed))
+    })?;
+    // partitions ran two at a time: the phase's wall time is split between its stages in
+    // proportion to the time each took on its thread
+    let wall = lap.elapsed().as_secs_f64();
+    let thread_total = split.0 + split.1 + split.2;
+    let share = |x: f64| if thread_total > 0.0 { wall * x / thread_total } else { 0.0 };
+    timings.add("frame", share(split.0));
+    timings.add("ingest", share(split.1));
+    timings.add("meter", share(split.2));
+    lap = Instant::now();
+    for out in outs {
         for (k, v) in out.usage {
             let prev = usage.insert(k, v);
             debug_assert!(prev.is_none(), "a window's usage came from two partitions");
@@ -492,8 +502,8 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
         used_by_window.extend(out.used_by_window);
         meter_ids = out.meter_ids;
     }
-    if partitions.len() > 1 {
-        tracing::info!(partitions = partitions.len(), "ingested by partition");
+    if n_parts > 1 {
+        tracing::info!(partitions = n_parts, "ingested by partition");
     }
     let rejects = crate::partition::stack(rejects)?;
     let corrected = plan.applied;
@@ -537,6 +547,78 @@ const RENDER_CHUNK: usize = 2048;
 /// Objects to write: (store key, bytes).
 type Files = Vec<(String, Vec<u8>)>;
 
+/// Read, frame and ingest every partition with `work`, two at a time (one per core: each is
+/// partly single-threaded), but never more than `2 × memory_rows` events in flight unless a
+/// partition alone is larger (it then runs alone). The outputs come back in partition order, so
+/// results do not depend on which finished first. Also returns the threads' seconds in
+/// (frame, ingest, meter).
+fn ingest_partitions(
+    mut partitions: crate::partition::Partitions,
+    memory_rows: usize,
+    work: &(dyn Fn(Vec<arrow::array::RecordBatch>) -> Result<(ingest::IngestOutput, f64), RunError> + Sync),
+) -> Result<(Vec<ingest::IngestOutput>, (f64, f64, f64)), RunError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Condvar, Mutex};
+    let dir = partitions.dir();
+    let parts: Vec<Mutex<crate::partition::Part>> = std::mem::take(&mut partitions.parts).into_iter().map(Mutex::new).collect();
+    let n = parts.len();
+    let budget = memory_rows.saturating_mul(2);
+    let in_flight = Mutex::new(0usize);
+    let freed = Condvar::new();
+    let next = AtomicUsize::new(0);
+    type Slot = Option<Result<(ingest::IngestOutput, f64, f64), RunError>>;
+    let results: Vec<Mutex<Slot>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let worker = || loop {
+        let i = next.fetch_add(1, Ordering::SeqCst);
+        if i >= n {
+            break;
+        }
+        let mut part = parts[i].lock().expect("a partition is taken once");
+        let rows = part.rows;
+        {
+            let mut used = in_flight.lock().expect("budget");
+            while *used > 0 && *used + rows > budget {
+                used = freed.wait(used).expect("budget");
+            }
+            *used += rows;
+        }
+        let t = Instant::now();
+        let r = part.take(&dir).map_err(RunError::from).and_then(|batches| work(batches));
+        drop(part);
+        let r = r.map(|(out, framed)| {
+            let total = t.elapsed().as_secs_f64();
+            (out, framed, total)
+        });
+        let failed = r.is_err();
+        *results[i].lock().expect("result slot") = Some(r);
+        *in_flight.lock().expect("budget") -= rows;
+        freed.notify_all();
+        if failed {
+            // the other worker stops at its next partition
+            next.store(n, Ordering::SeqCst);
+        }
+    };
+    let worker = &worker;
+    std::thread::scope(|s| {
+        if n > 1 {
+            s.spawn(worker);
+        }
+        worker();
+    });
+    drop(partitions);
+    let (mut outs, mut split) = (Vec::with_capacity(n), (0.0, 0.0, 0.0));
+    for r in results {
+        // a slot left empty was skipped after another partition failed: that error returns first
+        let Some(r) = r.into_inner().expect("result slot") else { continue };
+        let (out, framed, total) = r?;
+        split.0 += framed;
+        split.1 += total - framed - out.meter_seconds;
+        split.2 += out.meter_seconds;
+        outs.push(out);
+    }
+    Ok((outs, split))
+}
+
 /// The objects a run created before its ledger commit: removed when the run fails (returns an
 /// error) before committing, so nothing of it looks complete.
 struct Uncommitted<'a> {
@@ -560,9 +642,11 @@ fn member_name(key: &str) -> &str {
 /// An invoice's three files (JSON, HTML, text) under `dir/<account>/`.
 fn invoice_files(dir: &str, b: &BuiltInvoice, renderer: &Renderer) -> Result<Vec<(String, Vec<u8>)>, RunError> {
     let base = format!("{dir}/{}/{}", safe_segment(&b.invoice.owner_id), safe_segment(&b.invoice.id));
-    // sized for a typical invoice: growing the buffer by doubling copied it a dozen times
-    let mut jsonb = Vec::with_capacity(32 << 10);
-    serde_json::to_writer_pretty(&mut jsonb, &b.invoice).expect("invoice serializes");
+    // compact, as Togai's API sends it: pretty-printed, the indentation was 60% of the bytes
+    // (and of the time to serialize, hash and compress them); `jq .` shows it indented. Sized
+    // for a typical invoice: growing the buffer by doubling copied it a dozen times
+    let mut jsonb = Vec::with_capacity(16 << 10);
+    serde_json::to_writer(&mut jsonb, &b.invoice).expect("invoice serializes");
     jsonb.push(b'\n');
     let (html, text) = renderer.render(&b.invoice)?;
     Ok(vec![(format!("{base}.json"), jsonb), (format!("{base}.html"), html.into_bytes()), (format!("{base}.txt"), text.into_bytes())])
@@ -917,7 +1001,11 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     for r in per_invoice {
         rows.extend(r?);
     }
-    other.push((format!("{run_dir}/{LINE_ITEMS}"), crate::lineitems::to_parquet(&rows)?));
+    // the ledger generation to commit is final here: serialized alongside the Parquet export
+    let committing = ledger.generation != before.generation;
+    let (line_items, ledger_bytes) =
+        rayon::join(|| crate::lineitems::to_parquet(&rows), || committing.then(|| ledger::to_bytes(&ledger)));
+    other.push((format!("{run_dir}/{LINE_ITEMS}"), line_items?));
     drop(pb);
     timings.lap("line_items", &mut lap);
 
@@ -990,9 +1078,9 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     if !created.keys.is_empty() {
         store.sync()?;
     }
-    if ledger.generation != before.generation {
+    if let Some(bytes) = ledger_bytes {
         crate::faults::point("committing");
-        match store.put_if_absent(&ledger::key(ledger.generation), &ledger::to_bytes(&ledger))? {
+        match store.put_if_absent(&ledger::key(ledger.generation), &bytes)? {
             Created::Created => {}
             Created::AlreadyExists => return Err(RunError::Conflict { generation: ledger.generation }),
         }
