@@ -186,7 +186,8 @@ pub fn parse(key: &str, bytes: &[u8]) -> Result<Ledger, LedgerError> {
 
 /// Serialise a generation (pretty, trailing newline: byte-identical for equal ledgers).
 pub fn to_bytes(l: &Ledger) -> Vec<u8> {
-    let mut b = serde_json::to_vec_pretty(l).expect("ledger serializes");
+    // compact: at 100k invoices the indentation was half of its 120 MB (`jq .` shows it indented)
+    let mut b = serde_json::to_vec(l).expect("ledger serializes");
     b.push(b'\n');
     b
 }
