@@ -95,6 +95,11 @@ fn party(p: &crate::invoice::Party) -> PartyView {
     PartyView { name: p.name.clone(), email: p.primary_email.clone().unwrap_or_default(), address: address(&p.address) }
 }
 
+/// Is this formatted number zero (`0`, `0.00`, `-0`)?
+fn is_zero(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| matches!(b, b'0' | b'.' | b'-' | b'+')) && s.bytes().any(|b| b == b'0')
+}
+
 /// Is this line item a billed line (shown as a row), rather than a total that groups others?
 pub fn is_billed_line(kind: &str) -> bool {
     crate::invoice::line_class(kind).is_some()
@@ -104,9 +109,12 @@ pub fn is_billed_line(kind: &str) -> bool {
 /// prefixed with its account (the merged invoice's node carries `invoiceId`).
 fn rate_card_lines(li: &LineItem, prefix: &str, out: &mut Vec<LineView>) {
     if is_billed_line(li.kind) {
+        // a detail that carries nothing (no quantity, no amount: a slab the usage never
+        // reached) stays in the JSON invoice but not in the documents a person reads
         let details = li
             .line_items
             .iter()
+            .filter(|c| !(is_zero(&c.value) && c.quantity.as_deref().is_none_or(is_zero)))
             .map(|c| DetailView {
                 description: c.description.clone(),
                 quantity: c.quantity.clone().unwrap_or_default(),
@@ -186,5 +194,20 @@ impl Renderer {
         // one JSON context for both templates
         let ctx = handlebars::Context::wraps(view(inv)).map_err(err(HTML))?;
         Ok((self.html.render_with_context(HTML, &ctx).map_err(err(HTML))?, self.text.render_with_context(TEXT, &ctx).map_err(err(TEXT))?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    #[test]
+    fn zero_is_any_spelling_of_zero_only() {
+        for z in ["0", "0.00", "-0", "0.000000", "+0.0"] {
+            assert!(is_zero(z), "{z}");
+        }
+        for n in ["", "1", "0.01", "-0.5", "10", "0.0000001", "."] {
+            assert!(!is_zero(n), "{n}");
+        }
     }
 }
