@@ -212,6 +212,6 @@ mod tests {
         assert_eq!(parse(&key(3), &b).unwrap(), l);
         let e = parse(&key(4), &b).unwrap_err();
         assert!(e.to_string().contains("holds generation 3"), "{e}");
-        assert!(String::from_utf8(b).unwrap().contains("\"balance\": \"10.50\""));
+        assert!(String::from_utf8(b).unwrap().contains("\"balance\":\"10.50\""));
     }
 }

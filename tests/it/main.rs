@@ -44,7 +44,8 @@ pub fn snapshot(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
             if p.is_dir() {
                 walk(root, &p, out);
             } else {
-                // a manifest's `performance` (timings of one execution) left out
+                // a manifest's `performance` (timings of one execution) left out, compact JSON
+                // indented (`scenario::comparable`)
                 let rel = p.strip_prefix(root).unwrap().display().to_string();
                 let bytes = billrun::scenario::comparable(&rel, std::fs::read(&p).unwrap());
                 out.insert(rel, bytes);
