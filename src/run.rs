@@ -547,6 +547,12 @@ const RENDER_CHUNK: usize = 2048;
 /// Objects to write: (store key, bytes).
 type Files = Vec<(String, Vec<u8>)>;
 
+/// What ingests one partition's batches: its output and the seconds spent framing them.
+type PartitionWork<'a> = dyn Fn(Vec<arrow::array::RecordBatch>) -> Result<(ingest::IngestOutput, f64), RunError> + Sync + 'a;
+
+/// The partitions' outputs in partition order, and the threads' seconds in (frame, ingest, meter).
+type Ingested = (Vec<ingest::IngestOutput>, (f64, f64, f64));
+
 /// Read, frame and ingest every partition with `work`, two at a time (one per core: each is
 /// partly single-threaded), but never more than `2 × memory_rows` events in flight unless a
 /// partition alone is larger (it then runs alone). The outputs come back in partition order, so
@@ -555,8 +561,8 @@ type Files = Vec<(String, Vec<u8>)>;
 fn ingest_partitions(
     mut partitions: crate::partition::Partitions,
     memory_rows: usize,
-    work: &(dyn Fn(Vec<arrow::array::RecordBatch>) -> Result<(ingest::IngestOutput, f64), RunError> + Sync),
-) -> Result<(Vec<ingest::IngestOutput>, (f64, f64, f64)), RunError> {
+    work: &PartitionWork<'_>,
+) -> Result<Ingested, RunError> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Condvar, Mutex};
     let dir = partitions.dir();
@@ -583,7 +589,7 @@ fn ingest_partitions(
             *used += rows;
         }
         let t = Instant::now();
-        let r = part.take(&dir).map_err(RunError::from).and_then(|batches| work(batches));
+        let r = part.take(&dir).map_err(RunError::from).and_then(work);
         drop(part);
         let r = r.map(|(out, framed)| {
             let total = t.elapsed().as_secs_f64();
