@@ -184,7 +184,7 @@ pub fn parse(key: &str, bytes: &[u8]) -> Result<Ledger, LedgerError> {
     Ok(l)
 }
 
-/// Serialise a generation (pretty, trailing newline: byte-identical for equal ledgers).
+/// Serialise a generation (compact, trailing newline: byte-identical for equal ledgers).
 pub fn to_bytes(l: &Ledger) -> Vec<u8> {
     // compact: at 100k invoices the indentation was half of its 120 MB (`jq .` shows it indented)
     let mut b = serde_json::to_vec(l).expect("ledger serializes");

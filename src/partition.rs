@@ -199,10 +199,10 @@ impl<'a> Partitioner<'a> {
         }
         // consecutive buckets, about memory_rows rows per group
         let mut parts = Vec::new();
-        let mut cur = Part { held: Vec::new(), files: Vec::new(), rows: 0 };
+        let mut cur = Part::default();
         for (b, f) in files.into_iter().enumerate() {
             if !cur.files.is_empty() && cur.rows + spill.rows[b] > self.memory_rows {
-                parts.push(std::mem::replace(&mut cur, Part { held: Vec::new(), files: Vec::new(), rows: 0 }));
+                parts.push(std::mem::take(&mut cur));
             }
             cur.files.extend(f);
             cur.rows += spill.rows[b];
@@ -222,6 +222,7 @@ pub struct Partitions {
 }
 
 /// One partition: held in memory, or spill files to read back (each read once, from any thread).
+#[derive(Default)]
 pub struct Part {
     held: Vec<RecordBatch>,
     files: Vec<PathBuf>,

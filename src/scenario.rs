@@ -168,8 +168,9 @@ fn list_files(root: &Path) -> BTreeMap<String, PathBuf> {
 /// timings of one execution); other JSON indented; every other file as it is.
 pub fn comparable(rel: &str, bytes: Vec<u8>) -> Vec<u8> {
     if !rel.ends_with(crate::run::MANIFEST) {
-        // invoice documents are written compact: kept indented in expected/ for review, with
-        // their keys in the order written (a transcode, not a round trip through a sorted map)
+        // invoice documents and ledger generations are written compact: kept indented in
+        // expected/ for review, with their keys in the order written (a transcode, not a round
+        // trip through a sorted map)
         let compact = bytes.iter().rev().skip(1).all(|b| *b != b'\n');
         if rel.ends_with(".json") && compact {
             let mut out = Vec::with_capacity(bytes.len() * 2);
