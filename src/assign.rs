@@ -46,6 +46,31 @@ pub struct Assigner<'c> {
     schemas: Set<&'c str>,
 }
 
+/// Rows per parallel chunk of [`Assigner::assign`]'s lookups.
+const ROW_CHUNK: usize = 1 << 16;
+
+/// Dedup shards, each scanning every row in arrival order for its own keys.
+const DEDUP_SHARDS: usize = 2;
+
+/// The dedup shard of a UUID key (any function of the key alone keeps the first arrival).
+fn shard_of(bits: u128) -> usize {
+    ((bits ^ (bits >> 64)) as usize) % DEDUP_SHARDS
+}
+
+/// One row's lookups, before dedup: its account (direct or by alias), account group, window,
+/// and the reason it gets unless it is a duplicate.
+#[derive(Clone, Copy, Default)]
+struct Row<'a> {
+    acc: Option<u32>,
+    group: Option<u32>,
+    win: Option<&'a Span>,
+    reason: u8,
+    /// Whether dedup applies (no earlier reason).
+    dedup: bool,
+    /// Whether `acc` came from an alias (a duplicate keeps only a direct account).
+    aliased: bool,
+}
+
 /// The reason and assignment columns of a frame, in its row order.
 pub struct Assigned {
     pub reason: UInt32Chunked,
@@ -189,65 +214,123 @@ impl<'c> Assigner<'c> {
         spans[..k].iter().rev().find(|s| ts < s.1)
     }
 
+    /// What a row gets unless it is a duplicate: its account (direct, or the alias valid at its
+    /// timestamp) and the first reason among schema, account, as-of, window and grace period.
+    #[allow(clippy::too_many_arguments)]
+    fn row(&self, raw: Option<&str>, schema: Option<&str>, t: Option<i64>, ing: Option<i64>, r1: u32, as_of_us: i64) -> Row<'_> {
+        let direct = raw.and_then(|a| self.index.get(a).copied());
+        let mut row = Row { acc: direct, group: None, win: None, reason: r1 as u8, dedup: r1 == 0, aliased: false };
+        if r1 != 0 {
+            return row;
+        }
+        // the account's group, or the alias's: the direct lookup is not repeated
+        row.group = match direct {
+            Some(i) => Some(self.group[i as usize]),
+            None => raw.and_then(|a| self.alias_group.get(a).copied()),
+        };
+        if !schema.is_some_and(|s| self.schemas.contains(s)) {
+            row.reason = Reason::SchemaNotDefined as u8;
+            return row;
+        }
+        let t = t.expect("a row without a timestamp is an invalid event");
+        if row.acc.is_none() {
+            row.acc = raw.and_then(|a| self.resolve(a, t));
+            row.aliased = row.acc.is_some();
+        }
+        match row.acc {
+            None => row.reason = Reason::AccountNotFound as u8,
+            Some(_) if t >= as_of_us || ing.is_some_and(|i| i >= as_of_us) => row.reason = Reason::AfterAsOf as u8,
+            Some(a) => match self.window(a, t) {
+                None => row.reason = Reason::NotMetered as u8,
+                Some(span) => {
+                    row.win = Some(span);
+                    if ing.is_some_and(|i| i >= span.3) {
+                        row.reason = Reason::PastGracePeriod as u8;
+                    }
+                }
+            },
+        }
+        row
+    }
+
     /// Assign every row of `df` (sorted in arrival order: ingested-at, then input order), given
     /// each row's reason so far (`r1`: invalid event or no id, else 0).
+    ///
+    /// Three steps, the first two on every core: each row's lookups on its own (chunks of rows
+    /// in parallel); first-arrival dedup in arrival order, sharded by key (a key always falls
+    /// in the same shard, and each shard scans every row in order, so the first arrival wins
+    /// exactly as in one pass); then each row's outcome (a duplicate is rejected before any
+    /// later reason).
     pub fn assign(&self, df: &DataFrame, r1: &UInt32Chunked, as_of_us: i64) -> PolarsResult<Assigned> {
         use billrun_connectors::schema::{ACCOUNT_ID, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
+        use rayon::prelude::*;
         let n = df.height();
         let ids = df.column(EVENT_ID)?.str()?;
         let raws = df.column(ACCOUNT_ID)?.str()?;
         let schemas = df.column(SCHEMA_NAME)?.str()?;
         let ts = df.column(TIMESTAMP)?.i64()?;
         let ingested = df.column(INGESTED_AT)?.i64()?;
-        let mut seen_uuid: Set<(u32, u128)> = Set::default();
-        let mut seen_text: Set<(Option<u32>, &str, &str)> = Set::default();
+
+        let mut rows: Vec<Row> = vec![Row::default(); n];
+        rows.par_chunks_mut(ROW_CHUNK).enumerate().for_each(|(c, out)| {
+            let (at, len) = ((c * ROW_CHUNK) as i64, out.len());
+            let (raw, schema, t, ing, r) = (raws.slice(at, len), schemas.slice(at, len), ts.slice(at, len), ingested.slice(at, len), r1.slice(at, len));
+            let it = raw.iter().zip(schema.iter()).zip(t.iter()).zip(ing.iter()).zip(r.iter());
+            for (slot, ((((raw, schema), t), ing), r)) in out.iter_mut().zip(it) {
+                *slot = self.row(raw, schema, t, ing, r.unwrap_or(0), as_of_us);
+            }
+        });
+
+        let rows_ref = &rows;
+        let duplicates: Vec<Vec<u32>> = (0..DEDUP_SHARDS)
+            .into_par_iter()
+            .map(|shard| {
+                let mut seen_uuid: Set<(u32, [u32; 4])> = Set::with_capacity_and_hasher(n / DEDUP_SHARDS + 1, FixedState::default());
+                let mut seen_text: Set<(Option<u32>, &str, &str)> = Set::default();
+                let mut out = Vec::new();
+                for (i, ((id, raw), row)) in ids.iter().zip(raws.iter()).zip(rows_ref).enumerate() {
+                    if !row.dedup {
+                        continue;
+                    }
+                    let id = id.unwrap_or("");
+                    let fresh = match (row.group, uuid_bits(id)) {
+                        (Some(g), Some(bits)) => {
+                            if shard_of(bits) != shard {
+                                continue;
+                            }
+                            // 20 bytes a key: (u32, u128) would be padded to 32
+                            let w = [bits as u32, (bits >> 32) as u32, (bits >> 64) as u32, (bits >> 96) as u32];
+                            seen_uuid.insert((g, w))
+                        }
+                        (g, _) => {
+                            if shard != 0 {
+                                continue;
+                            }
+                            seen_text.insert((g, if g.is_some() { "" } else { raw.unwrap_or("") }, id))
+                        }
+                    };
+                    if !fresh {
+                        out.push(i as u32);
+                    }
+                }
+                out
+            })
+            .collect();
+        let mut duplicate = vec![false; n];
+        for i in duplicates.into_iter().flatten() {
+            duplicate[i as usize] = true;
+        }
+
         let mut reason = Vec::with_capacity(n);
         let mut account: Vec<Option<&str>> = Vec::with_capacity(n);
         let mut window = Vec::with_capacity(n);
         let mut due = Vec::with_capacity(n);
-        let rows = ids.iter().zip(raws.iter()).zip(schemas.iter()).zip(ts.iter()).zip(ingested.iter()).zip(r1.iter());
-        for (((((id, raw), schema), t), ing), r) in rows {
-            let mut r = r.unwrap_or(0);
-            let direct = raw.and_then(|a| self.index.get(a).copied());
-            let mut acc = direct;
-            let mut win = None;
-            if r == 0 {
-                let (id, raw_s) = (id.unwrap_or(""), raw.unwrap_or(""));
-                // the account's group, or the alias's: the direct lookup is not repeated
-                let group = match direct {
-                    Some(i) => Some(self.group[i as usize]),
-                    None => raw.and_then(|a| self.alias_group.get(a).copied()),
-                };
-                let fresh = match (group, uuid_bits(id)) {
-                    (Some(g), Some(bits)) => seen_uuid.insert((g, bits)),
-                    (g, _) => seen_text.insert((g, if g.is_some() { "" } else { raw_s }, id)),
-                };
-                if !fresh {
-                    r = Reason::Duplicate as u32;
-                }
-            }
-            if r == 0 && !schema.is_some_and(|s| self.schemas.contains(s)) {
-                r = Reason::SchemaNotDefined as u32;
-            }
-            if r == 0 {
-                let t = t.expect("a row without a timestamp is an invalid event");
-                if acc.is_none() {
-                    acc = raw.and_then(|a| self.resolve(a, t));
-                }
-                match acc {
-                    None => r = Reason::AccountNotFound as u32,
-                    Some(_) if t >= as_of_us || ing.is_some_and(|i| i >= as_of_us) => r = Reason::AfterAsOf as u32,
-                    Some(a) => match self.window(a, t) {
-                        None => r = Reason::NotMetered as u32,
-                        Some(span) => {
-                            win = Some(span);
-                            if ing.is_some_and(|i| i >= span.3) {
-                                r = Reason::PastGracePeriod as u32;
-                            }
-                        }
-                    },
-                }
-            }
+        for (row, dup) in rows.iter().zip(duplicate) {
+            let (r, acc, win) = if dup {
+                (Reason::Duplicate as u32, if row.aliased { None } else { row.acc }, None)
+            } else {
+                (row.reason as u32, row.acc, row.win)
+            };
             reason.push(r);
             account.push(acc.map(|i| self.ids[i as usize]));
             window.push(win.map(|s| s.2));

@@ -34,4 +34,5 @@ pub mod run;
 pub mod scenario;
 pub mod settle;
 pub mod simulate;
+pub mod spill;
 pub mod windows;

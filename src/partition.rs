@@ -46,10 +46,17 @@ pub enum PartitionError {
 /// One bucket's spill file for one batch schema (opened on first use).
 type BucketWriter = Option<StreamWriter<BufWriter<File>>>;
 
+/// The writers of one batch schema as read (the first) and as spilled (`spill::narrow`).
+struct SchemaWriters {
+    original: SchemaRef,
+    narrow: SchemaRef,
+    /// One per bucket.
+    buckets: Vec<BucketWriter>,
+}
+
 struct Spill {
     dir: tempfile::TempDir,
-    /// Per distinct batch schema: its writers, one per bucket.
-    writers: Vec<(SchemaRef, Vec<BucketWriter>)>,
+    writers: Vec<SchemaWriters>,
     rows: Vec<usize>,
 }
 
@@ -136,11 +143,15 @@ impl<'a> Partitioner<'a> {
         let dir = spill.dir.path().to_path_buf();
         let io = |e: std::io::Error| PartitionError::Io { dir: dir.display().to_string(), source: e };
         let ar = |e: arrow::error::ArrowError| PartitionError::Arrow { dir: dir.display().to_string(), source: e };
+        // written narrow (src/spill.rs): half the bytes to write and read back
+        let original = batch.schema();
+        let narrowed = crate::spill::narrow(batch).map_err(ar)?;
+        let batch = &narrowed;
         let schema = batch.schema();
-        let k = match spill.writers.iter().position(|(s, _)| *s == schema) {
+        let k = match spill.writers.iter().position(|w| w.original == original && w.narrow == schema) {
             Some(k) => k,
             None => {
-                spill.writers.push((schema.clone(), (0..BUCKETS).map(|_| None).collect()));
+                spill.writers.push(SchemaWriters { original, narrow: schema.clone(), buckets: (0..BUCKETS).map(|_| None).collect() });
                 spill.writers.len() - 1
             }
         };
@@ -149,7 +160,7 @@ impl<'a> Partitioner<'a> {
         let written: Vec<Result<usize, PartitionError>> = {
             use rayon::prelude::*;
             spill.writers[k]
-                .1
+                .buckets
                 .par_iter_mut()
                 .zip(rows.into_par_iter())
                 .enumerate()
@@ -187,13 +198,13 @@ impl<'a> Partitioner<'a> {
             return Ok(Partitions { parts: vec![part], dir: None });
         };
         let dir = spill.dir.path().to_path_buf();
-        let mut files: Vec<Vec<PathBuf>> = vec![Vec::new(); BUCKETS];
-        for (k, (_, writers)) in spill.writers.iter_mut().enumerate() {
-            for (b, w) in writers.iter_mut().enumerate() {
+        let mut files: Vec<Vec<(PathBuf, SchemaRef)>> = vec![Vec::new(); BUCKETS];
+        for (k, writers) in spill.writers.iter_mut().enumerate() {
+            for (b, w) in writers.buckets.iter_mut().enumerate() {
                 if let Some(w) = w.take() {
                     let inner = w.into_inner().map_err(|e| PartitionError::Arrow { dir: dir.display().to_string(), source: e })?;
                     inner.into_inner().map_err(|e| PartitionError::Io { dir: dir.display().to_string(), source: e.into_error() })?;
-                    files[b].push(dir.join(format!("{b:02}-{k}.arrow")));
+                    files[b].push((dir.join(format!("{b:02}-{k}.arrow")), Arc::clone(&writers.original)));
                 }
             }
         }
@@ -225,7 +236,8 @@ pub struct Partitions {
 #[derive(Default)]
 pub struct Part {
     held: Vec<RecordBatch>,
-    files: Vec<PathBuf>,
+    /// Spill files and the schema their batches widen back to.
+    files: Vec<(PathBuf, SchemaRef)>,
     /// Its number of events.
     pub rows: usize,
 }
@@ -242,13 +254,15 @@ impl Part {
     /// spill directory in errors.
     pub fn take(&mut self, dir: &str) -> Result<Vec<RecordBatch>, PartitionError> {
         let mut out = std::mem::take(&mut self.held);
-        for path in std::mem::take(&mut self.files) {
+        let ar = |e: arrow::error::ArrowError| PartitionError::Arrow { dir: dir.to_string(), source: e };
+        for (path, original) in std::mem::take(&mut self.files) {
             let f = File::open(&path).map_err(|e| PartitionError::Io { dir: dir.to_string(), source: e })?;
-            let r = StreamReader::try_new(BufReader::with_capacity(1 << 20, f), None)
-                .map_err(|e| PartitionError::Arrow { dir: dir.to_string(), source: e })?;
-            for b in r {
-                out.push(b.map_err(|e| PartitionError::Arrow { dir: dir.to_string(), source: e })?);
-            }
+            let r = StreamReader::try_new(BufReader::with_capacity(1 << 20, f), None).map_err(ar)?;
+            let spilled = r.collect::<Result<Vec<_>, _>>().map_err(ar)?;
+            use rayon::prelude::*;
+            let widened: Vec<RecordBatch> =
+                spilled.into_par_iter().map(|b| crate::spill::widen(b, &original)).collect::<Result<_, _>>().map_err(ar)?;
+            out.extend(widened);
             // the bucket is in memory now: give its disk space back
             let _ = std::fs::remove_file(&path);
         }
