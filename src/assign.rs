@@ -44,6 +44,13 @@ pub struct Assigner<'c> {
     alias_group: Map<&'c str, u32>,
     windows: Vec<Vec<Span>>,
     schemas: Set<&'c str>,
+    /// Account index → the partition hash of its group's representative id.
+    group_hash: Vec<u64>,
+}
+
+/// The hash that picks an account group's partition.
+fn partition_hash(key: &str) -> u64 {
+    FixedState::with_seed(0x6269_6c6c_7275_6e00).hash_one(key)
 }
 
 /// Rows per parallel chunk of [`Assigner::assign`]'s lookups.
@@ -157,7 +164,8 @@ impl<'c> Assigner<'c> {
             spans.sort_unstable();
         }
         let schemas = catalog.event_schemas.keys().map(String::as_str).collect();
-        Assigner { index, ids, group, aliases, alias_group, windows: per_account, schemas }
+        let group_hash = group.iter().map(|&g| partition_hash(ids[g as usize])).collect();
+        Assigner { index, ids, group, aliases, alias_group, windows: per_account, schemas, group_hash }
     }
 
     /// The account group an account field belongs to: its account's or its alias's; `None` for a
@@ -191,13 +199,23 @@ impl<'c> Assigner<'c> {
         out
     }
 
-    /// The partition (of `n`) of an account field.
+    /// The partition (of `n`) of an account field: the hash of its [`Self::partition_key`]
+    /// (precomputed per account: one lookup per row).
     pub fn partition(&self, raw: Option<&str>, n: usize) -> usize {
         if n <= 1 {
             return 0;
         }
-        let key = raw.map_or("", |r| self.partition_key(r));
-        (FixedState::with_seed(0x6269_6c6c_7275_6e00).hash_one(key) % n as u64) as usize
+        let h = match raw {
+            None => partition_hash(""),
+            Some(r) => match self.index.get(r) {
+                Some(&i) => self.group_hash[i as usize],
+                None => match self.alias_group.get(r) {
+                    Some(&g) => self.group_hash[g as usize],
+                    None => partition_hash(r),
+                },
+            },
+        };
+        (h % n as u64) as usize
     }
 
     fn resolve(&self, raw: &str, ts: i64) -> Option<u32> {

@@ -345,7 +345,9 @@ fn reject_lines(rejects: &DataFrame, bad: &[BadRecord], cat: &Catalog, meter_ids
     }
     let names: Vec<String> = rejects.get_column_names().iter().map(|s| s.to_string()).collect();
     let reasons = rejects.column(REASON)?.u32()?.clone();
-    for i in 0..rejects.height() {
+    // each row on its own, on every core (the lines are sorted below)
+    use rayon::prelude::*;
+    let lines = (0..rejects.height()).into_par_iter().map(|i| {
         let code = reasons.get(i).unwrap_or(0) as u8;
         let reason = Reason::from_code(code).unwrap_or(Reason::InvalidEvent);
         let get = |n: &str| rejects.column(n).ok().and_then(|c| c.get(i).ok()).and_then(av_text);
@@ -382,9 +384,10 @@ fn reject_lines(rejects: &DataFrame, bad: &[BadRecord], cat: &Catalog, meter_ids
         event.insert("dimensions".into(), Value::Object(dims));
         let detail = reject_detail(reason, rejects, i, cat, meter_ids);
         let v = json!({"reason": reason.as_str(), "detail": detail, "event": Value::Object(event)});
-        out.push((code, v.to_string()));
-    }
-    out.sort();
+        (code, v.to_string())
+    });
+    out.par_extend(lines);
+    out.par_sort_unstable();
     Ok(out)
 }
 
