@@ -369,7 +369,58 @@ pub const DUE: &str = "__w_due";
 
 #[cfg(test)]
 mod tests {
-    use super::uuid_bits;
+    use super::*;
+    use crate::catalog::{load_dir, LoadContext};
+    use crate::money::Currency;
+
+    /// First arrival per (account group, id) in one plain pass, for ids of any spelling: what
+    /// the parallel lookups and the sharded dedup must give exactly.
+    #[test]
+    fn sharded_dedup_keeps_the_first_arrival_of_each_account_and_id() {
+        let usd = Currency::new("USD").unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/01-quickstart/catalog");
+        let cat = load_dir(&dir, &LoadContext { base_currency: &usd, time_zone: chrono_tz::UTC }).unwrap();
+        let a = Assigner::new(&cat, &[]);
+        let accounts = ["ACC-ACME-PROD", "ACC-ACME-STG", "ACC-GLOBEX", "nobody"];
+        // more rows than one parallel chunk; ids from a small pool, so most rows repeat one
+        let n = ROW_CHUNK + 5000;
+        let (mut ids, mut raws, mut r1) = (Vec::new(), Vec::new(), Vec::new());
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = x % 3000;
+            ids.push(match k % 3 {
+                0 => format!("evt-{k}"),
+                1 => format!("{:08x}-0000-4000-8000-{:012x}", k, k * 7919),
+                _ => format!("{:08X}-0000-4000-8000-{:012X}", k, k * 7919),
+            });
+            raws.push(accounts[(x >> 20) as usize % accounts.len()]);
+            r1.push(if i % 97 == 0 { Reason::NoEventId as u32 } else { 0 });
+        }
+        let df = df!(
+            "event_id" => &ids,
+            "account_id" => &raws,
+            "schema_name" => vec!["api_call"; n],
+            "timestamp" => vec![1_790_000_000_000_000i64; n],
+            "ingested_at" => vec![None::<i64>; n],
+        )
+        .unwrap();
+        let out = a.assign(&df, &UInt32Chunked::from_vec("r1".into(), r1.clone()), i64::MAX).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        let mut dups = 0;
+        for (i, got) in out.reason.iter().enumerate() {
+            let want_dup = r1[i] == 0 && !seen.insert((raws[i], ids[i].as_str()));
+            assert_eq!(got == Some(Reason::Duplicate as u32), want_dup, "row {i}: {} {}", raws[i], ids[i]);
+            dups += usize::from(want_dup);
+        }
+        assert!(dups > n / 2, "the pool repeats ids: {dups} duplicates");
+        // a row rejected earlier keeps its reason; a duplicate keeps only a direct account
+        assert_eq!(out.reason.get(0), Some(Reason::NoEventId as u32));
+        let nobody = raws.iter().position(|r| *r == "nobody").unwrap();
+        assert_eq!(out.account.get(nobody), None);
+    }
 
     #[test]
     fn uuid_bits_only_for_canonical_lowercase() {
