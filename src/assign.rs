@@ -234,7 +234,6 @@ impl<'c> Assigner<'c> {
 
     /// What a row gets unless it is a duplicate: its account (direct, or the alias valid at its
     /// timestamp) and the first reason among schema, account, as-of, window and grace period.
-    #[allow(clippy::too_many_arguments)]
     fn row(&self, raw: Option<&str>, schema: Option<&str>, t: Option<i64>, ing: Option<i64>, r1: u32, as_of_us: i64) -> Row<'_> {
         let direct = raw.and_then(|a| self.index.get(a).copied());
         let mut row = Row { acc: direct, group: None, win: None, reason: r1 as u8, dedup: r1 == 0, aliased: false };
