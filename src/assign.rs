@@ -415,10 +415,12 @@ mod tests {
             dups += usize::from(want_dup);
         }
         assert!(dups > n / 2, "the pool repeats ids: {dups} duplicates");
-        // a row rejected earlier keeps its reason; a duplicate keeps only a direct account
+        // a row rejected earlier keeps its reason; a value that names no account gets none
         assert_eq!(out.reason.get(0), Some(Reason::NoEventId as u32));
         let nobody = raws.iter().position(|r| *r == "nobody").unwrap();
         assert_eq!(out.account.get(nobody), None);
+        let acme = (0..n).find(|&i| raws[i] == "ACC-ACME-PROD" && out.reason.get(i) == Some(Reason::Duplicate as u32)).unwrap();
+        assert_eq!(out.account.get(acme), Some("ACC-ACME-PROD"));
     }
 
     #[test]
