@@ -11,7 +11,7 @@
 //! - the window is found by binary search in the account's windows (sorted by start).
 //!
 //! Account groups tie together accounts that share an alias value, so that every event that can
-//! resolve to an account has the same partition key ([`Assigner::partition_key`]) and the same
+//! resolve to an account has the same partition ([`Assigner::partition`]) and the same
 //! dedup scope, whatever the partitioning: results never depend on how a run is partitioned.
 
 use std::collections::{HashMap, HashSet};
@@ -44,7 +44,7 @@ pub struct Assigner<'c> {
     alias_group: Map<&'c str, u32>,
     windows: Vec<Vec<Span>>,
     schemas: Set<&'c str>,
-    /// Account index → the partition hash of its group's representative id.
+    /// Account index → the partition hash of its id (read for group representatives).
     group_hash: Vec<u64>,
 }
 
@@ -56,12 +56,14 @@ fn partition_hash(key: &str) -> u64 {
 /// Rows per parallel chunk of [`Assigner::assign`]'s lookups.
 const ROW_CHUNK: usize = 1 << 16;
 
-/// Dedup shards, each scanning every row in arrival order for its own keys.
+/// Dedup shards, each scanning every row in arrival order for its own ids.
 const DEDUP_SHARDS: usize = 2;
 
-/// The dedup shard of a UUID key (any function of the key alone keeps the first arrival).
-fn shard_of(bits: u128) -> usize {
-    ((bits ^ (bits >> 64)) as usize) % DEDUP_SHARDS
+/// The dedup shard of an event id: any function of the id text alone keeps the first arrival
+/// (equal keys have equal ids); the last byte spreads hex digits evenly and is read before any
+/// parsing, so each shard parses only its own ids.
+fn shard_of(id: &str) -> usize {
+    id.as_bytes().last().map_or(0, |b| *b as usize) % DEDUP_SHARDS
 }
 
 /// One row's lookups, before dedup: its account (direct or by alias), account group, window,
@@ -164,7 +166,7 @@ impl<'c> Assigner<'c> {
             spans.sort_unstable();
         }
         let schemas = catalog.event_schemas.keys().map(String::as_str).collect();
-        let group_hash = group.iter().map(|&g| partition_hash(ids[g as usize])).collect();
+        let group_hash = ids.iter().map(|id| partition_hash(id)).collect();
         Assigner { index, ids, group, aliases, alias_group, windows: per_account, schemas, group_hash }
     }
 
@@ -174,16 +176,6 @@ impl<'c> Assigner<'c> {
         match self.index.get(raw) {
             Some(&i) => Some(self.group[i as usize]),
             None => self.alias_group.get(raw).copied(),
-        }
-    }
-
-    /// What decides an event's partition: the id of its account group's representative, or the
-    /// raw text when it names no account. Events that can share a dedup key or a window always
-    /// share this key.
-    pub fn partition_key<'a>(&'a self, raw: &'a str) -> &'a str {
-        match self.group_of(raw) {
-            Some(g) => self.ids[g as usize],
-            None => raw,
         }
     }
 
@@ -199,21 +191,17 @@ impl<'c> Assigner<'c> {
         out
     }
 
-    /// The partition (of `n`) of an account field: the hash of its [`Self::partition_key`]
-    /// (precomputed per account: one lookup per row).
+    /// The partition (of `n`) of an account field: the hash of its account group's
+    /// representative id (precomputed: one lookup per row), or of the raw text when it names no
+    /// account. Events that can share a dedup key or a window always share it.
     pub fn partition(&self, raw: Option<&str>, n: usize) -> usize {
         if n <= 1 {
             return 0;
         }
-        let h = match raw {
-            None => partition_hash(""),
-            Some(r) => match self.index.get(r) {
-                Some(&i) => self.group_hash[i as usize],
-                None => match self.alias_group.get(r) {
-                    Some(&g) => self.group_hash[g as usize],
-                    None => partition_hash(r),
-                },
-            },
+        let raw = raw.unwrap_or("");
+        let h = match self.group_of(raw) {
+            Some(g) => self.group_hash[g as usize],
+            None => partition_hash(raw),
         };
         (h % n as u64) as usize
     }
@@ -274,8 +262,8 @@ impl<'c> Assigner<'c> {
     /// each row's reason so far (`r1`: invalid event or no id, else 0).
     ///
     /// Three steps, the first two on every core: each row's lookups on its own (chunks of rows
-    /// in parallel); first-arrival dedup in arrival order, sharded by key (a key always falls
-    /// in the same shard, and each shard scans every row in order, so the first arrival wins
+    /// in parallel); first-arrival dedup in arrival order, sharded by event id (equal keys
+    /// have equal ids, so a key always falls in one shard, and each shard scans every row in order, so the first arrival wins
     /// exactly as in one pass); then each row's outcome (a duplicate is rejected before any
     /// later reason).
     pub fn assign(&self, df: &DataFrame, r1: &UInt32Chunked, as_of_us: i64) -> PolarsResult<Assigned> {
@@ -291,7 +279,8 @@ impl<'c> Assigner<'c> {
         let mut rows: Vec<Row> = vec![Row::default(); n];
         rows.par_chunks_mut(ROW_CHUNK).enumerate().for_each(|(c, out)| {
             let (at, len) = ((c * ROW_CHUNK) as i64, out.len());
-            let (raw, schema, t, ing, r) = (raws.slice(at, len), schemas.slice(at, len), ts.slice(at, len), ingested.slice(at, len), r1.slice(at, len));
+            let (raw, schema, t, ing, r) =
+                (raws.slice(at, len), schemas.slice(at, len), ts.slice(at, len), ingested.slice(at, len), r1.slice(at, len));
             let it = raw.iter().zip(schema.iter()).zip(t.iter()).zip(ing.iter()).zip(r.iter());
             for (slot, ((((raw, schema), t), ing), r)) in out.iter_mut().zip(it) {
                 *slot = self.row(raw, schema, t, ing, r.unwrap_or(0), as_of_us);
@@ -310,21 +299,16 @@ impl<'c> Assigner<'c> {
                         continue;
                     }
                     let id = id.unwrap_or("");
+                    if shard_of(id) != shard {
+                        continue;
+                    }
                     let fresh = match (row.group, uuid_bits(id)) {
                         (Some(g), Some(bits)) => {
-                            if shard_of(bits) != shard {
-                                continue;
-                            }
                             // 20 bytes a key: (u32, u128) would be padded to 32
                             let w = [bits as u32, (bits >> 32) as u32, (bits >> 64) as u32, (bits >> 96) as u32];
                             seen_uuid.insert((g, w))
                         }
-                        (g, _) => {
-                            if shard != 0 {
-                                continue;
-                            }
-                            seen_text.insert((g, if g.is_some() { "" } else { raw.unwrap_or("") }, id))
-                        }
+                        (g, _) => seen_text.insert((g, if g.is_some() { "" } else { raw.unwrap_or("") }, id)),
                     };
                     if !fresh {
                         out.push(i as u32);

@@ -3,8 +3,9 @@
 //! Batches arrive from the sources in arrival order and get their global arrival number
 //! (`__seq`). Up to `memory_rows` rows stay in memory and form a single partition. Past that,
 //! every row goes to one of [`BUCKETS`] spill files (Arrow IPC written narrow by `spill`, in a
-//! temporary directory removed afterwards) chosen by a hash of its account group ([`Assigner::partition`]): every event that
-//! can share a dedup key, an account or a window with another lands in the same bucket. Buckets
+//! temporary directory removed afterwards) chosen by a hash of its account group
+//! ([`Assigner::partition`]): every event that can share a dedup key, an account or a window
+//! with another lands in the same bucket. Buckets
 //! are then ingested in groups of consecutive buckets of about `memory_rows` rows each.
 //!
 //! Results never depend on the partitioning (see `assign.rs`); the golden fixtures are run both

@@ -1012,8 +1012,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     }
     // the ledger generation to commit is final here: serialized alongside the Parquet export
     let committing = ledger.generation != before.generation;
-    let (line_items, ledger_bytes) =
-        rayon::join(|| crate::lineitems::to_parquet(&rows), || committing.then(|| ledger::to_bytes(&ledger)));
+    let (line_items, ledger_bytes) = rayon::join(|| crate::lineitems::to_parquet(&rows), || committing.then(|| ledger::to_bytes(&ledger)));
     other.push((format!("{run_dir}/{LINE_ITEMS}"), line_items?));
     drop(pb);
     timings.lap("line_items", &mut lap);

@@ -39,7 +39,15 @@ pub fn narrow(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         .fields()
         .iter()
         .zip(&columns)
-        .map(|(f, c)| if c.data_type() == f.data_type() { Arc::clone(f) } else { Arc::new(Field::new(f.name(), c.data_type().clone(), true)) })
+        .map(
+            |(f, c)| {
+                if c.data_type() == f.data_type() {
+                    Arc::clone(f)
+                } else {
+                    Arc::new(Field::new(f.name(), c.data_type().clone(), true))
+                }
+            },
+        )
         .collect();
     RecordBatch::try_new_with_options(
         Arc::new(Schema::new(fields).with_metadata(schema.metadata().clone())),
