@@ -7,6 +7,8 @@
 //! (line, column) of every node is kept so errors can point at the source.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -28,7 +30,8 @@ pub const MAX_ALIAS_VALUES: usize = 1_000_000;
 #[derive(Debug, Clone)]
 pub struct Doc {
     pub value: Value,
-    positions: HashMap<String, (usize, usize)>,
+    /// Every node's path: a catalog of 100k accounts has a million, so the hash is Fx, not SipHash
+    positions: FxHashMap<String, (usize, usize)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +91,7 @@ struct Builder {
     anchors: HashMap<usize, (Value, usize)>,
     /// Nodes copied by aliases so far.
     alias_values: usize,
-    positions: HashMap<String, (usize, usize)>,
+    positions: FxHashMap<String, (usize, usize)>,
     error: Option<DocError>,
 }
 

@@ -6,6 +6,7 @@
 //! every value; the text template is not HTML-escaped. A template directory in the config
 //! overrides the shipped defaults file by file.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use handlebars::{no_escape, Handlebars};
@@ -31,58 +32,60 @@ pub struct Renderer {
     text: Handlebars<'static>,
 }
 
+// The views borrow the invoice's strings: handlebars copies them once more into its JSON context.
+
 #[derive(Serialize)]
-struct PartyView {
-    name: String,
-    email: String,
+struct PartyView<'a> {
+    name: &'a str,
+    email: &'a str,
     address: Vec<String>,
 }
 
 #[derive(Serialize)]
-struct DetailView {
-    description: String,
-    quantity: String,
-    rate: String,
-    amount: String,
+struct DetailView<'a> {
+    description: &'a str,
+    quantity: &'a str,
+    rate: &'a str,
+    amount: &'a str,
 }
 
 #[derive(Serialize)]
-struct LineView {
-    description: String,
-    quantity: String,
-    unit_price: String,
-    amount: String,
-    details: Vec<DetailView>,
+struct LineView<'a> {
+    description: Cow<'a, str>,
+    quantity: &'a str,
+    unit_price: &'a str,
+    amount: &'a str,
+    details: Vec<DetailView<'a>>,
 }
 
 #[derive(Serialize)]
-struct UsageView {
-    description: String,
-    quantity: String,
+struct UsageView<'a> {
+    description: &'a str,
+    quantity: &'a str,
 }
 
 /// What templates see. Every field is a string or a list; all money is pre-formatted.
 #[derive(Serialize)]
-struct InvoiceView {
-    number: String,
-    id: String,
-    status: String,
+struct InvoiceView<'a> {
+    number: &'a str,
+    id: &'a str,
+    status: &'a str,
     is_draft: bool,
-    invoice_type: String,
-    currency: String,
+    invoice_type: &'a str,
+    currency: &'a str,
     period_start: String,
     period_end: String,
     invoice_date: String,
     due_date: String,
-    plan: String,
-    total: String,
+    plan: &'a str,
+    total: &'a str,
     /// Paid from the wallet (empty when nothing was paid).
-    paid: String,
-    organization: PartyView,
-    customer: PartyView,
-    account: PartyView,
-    lines: Vec<LineView>,
-    usage: Vec<UsageView>,
+    paid: &'a str,
+    organization: PartyView<'a>,
+    customer: PartyView<'a>,
+    account: PartyView<'a>,
+    lines: Vec<LineView<'a>>,
+    usage: Vec<UsageView<'a>>,
 }
 
 fn address(a: &std::collections::BTreeMap<String, String>) -> Vec<String> {
@@ -91,8 +94,8 @@ fn address(a: &std::collections::BTreeMap<String, String>) -> Vec<String> {
     [get("line1"), get("line2"), city, get("country")].into_iter().filter(|s| !s.is_empty()).collect()
 }
 
-fn party(p: &crate::invoice::Party) -> PartyView {
-    PartyView { name: p.name.clone(), email: p.primary_email.clone().unwrap_or_default(), address: address(&p.address) }
+fn party(p: &crate::invoice::Party) -> PartyView<'_> {
+    PartyView { name: &p.name, email: p.primary_email.as_deref().unwrap_or_default(), address: address(&p.address) }
 }
 
 /// Is this formatted number zero (`0`, `0.00`, `-0`)?
@@ -107,7 +110,7 @@ pub fn is_billed_line(kind: &str) -> bool {
 
 /// Billed lines in tree order; inside a COMPOSITE invoice each merged invoice's lines are
 /// prefixed with its account (the merged invoice's node carries `invoiceId`).
-fn rate_card_lines(li: &LineItem, prefix: &str, out: &mut Vec<LineView>) {
+fn rate_card_lines<'a>(li: &'a LineItem, prefix: &str, out: &mut Vec<LineView<'a>>) {
     if is_billed_line(li.kind) {
         // a detail that carries nothing (no quantity, no amount: a slab the usage never
         // reached) stays in the JSON invoice but not in the documents a person reads
@@ -116,17 +119,21 @@ fn rate_card_lines(li: &LineItem, prefix: &str, out: &mut Vec<LineView>) {
             .iter()
             .filter(|c| !(is_zero(&c.value) && c.quantity.as_deref().is_none_or(is_zero)))
             .map(|c| DetailView {
-                description: c.description.clone(),
-                quantity: c.quantity.clone().unwrap_or_default(),
-                rate: c.value_per_quantity.clone().unwrap_or_default(),
-                amount: c.value.clone(),
+                description: &c.description,
+                quantity: c.quantity.as_deref().unwrap_or_default(),
+                rate: c.value_per_quantity.as_deref().unwrap_or_default(),
+                amount: &c.value,
             })
             .collect();
         out.push(LineView {
-            description: if prefix.is_empty() { li.description.clone() } else { format!("{prefix}: {}", li.description) },
-            quantity: li.quantity.clone().unwrap_or_default(),
-            unit_price: li.value_per_quantity.clone().unwrap_or_default(),
-            amount: li.value.clone(),
+            description: if prefix.is_empty() {
+                Cow::Borrowed(&li.description)
+            } else {
+                Cow::Owned(format!("{prefix}: {}", li.description))
+            },
+            quantity: li.quantity.as_deref().unwrap_or_default(),
+            unit_price: li.value_per_quantity.as_deref().unwrap_or_default(),
+            amount: &li.value,
             details,
         });
     } else {
@@ -137,28 +144,28 @@ fn rate_card_lines(li: &LineItem, prefix: &str, out: &mut Vec<LineView>) {
     }
 }
 
-fn view(inv: &Invoice) -> InvoiceView {
+fn view(inv: &Invoice) -> InvoiceView<'_> {
     let mut lines = Vec::new();
     rate_card_lines(&inv.revenue_info, "", &mut lines);
     InvoiceView {
-        number: inv.sequence_id.clone().unwrap_or_else(|| "DRAFT".into()),
-        id: inv.id.clone(),
-        status: inv.status.into(),
+        number: inv.sequence_id.as_deref().unwrap_or("DRAFT"),
+        id: &inv.id,
+        status: inv.status,
         is_draft: inv.status == "DRAFT",
-        invoice_type: inv.invoice_type.into(),
-        currency: inv.currency.clone(),
+        invoice_type: inv.invoice_type,
+        currency: &inv.currency,
         period_start: inv.start_date.to_string(),
         period_end: inv.end_date_inclusive.to_string(),
         invoice_date: inv.invoice_date.to_string(),
         due_date: inv.due_date.to_string(),
-        plan: inv.invoice_details.price_plan_name.clone(),
-        total: inv.total_amount.clone(),
-        paid: inv.paid_amount.clone().unwrap_or_default(),
+        plan: &inv.invoice_details.price_plan_name,
+        total: &inv.total_amount,
+        paid: inv.paid_amount.as_deref().unwrap_or_default(),
         organization: party(&inv.invoice_details.organization),
         customer: party(&inv.invoice_details.customer),
         account: party(&inv.invoice_details.account),
         lines,
-        usage: inv.usage_info.iter().map(|u| UsageView { description: u.description.clone(), quantity: u.value.clone() }).collect(),
+        usage: inv.usage_info.iter().map(|u| UsageView { description: &u.description, quantity: &u.value }).collect(),
     }
 }
 

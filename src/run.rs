@@ -876,7 +876,8 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     };
     // chunk n is packed and written while chunk n + 1 renders
     let mut write_seconds = 0.0;
-    let mut pending: Option<(usize, Files)> = None;
+    // a chunk's files, and (with `discard_invoices`) its invoices, to drop off the rendering thread
+    let mut pending: Option<(usize, Files, Vec<BuiltInvoice>)> = None;
     let issued_count = settled.issued.len();
     let mut chunks: Vec<Vec<BuiltInvoice>> = Vec::new();
     let mut issued = settled.issued.into_iter();
@@ -905,7 +906,14 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
                     })
                     .collect::<Vec<Result<_, RunError>>>()
             },
-            || prev.map(|(m, files)| flush(m, files)),
+            || {
+                prev.map(|(m, files, done)| {
+                    let flushed = flush(m, files);
+                    // freeing 2048 invoice trees takes as long as rendering a few hundred
+                    drop(done);
+                    flushed
+                })
+            },
         );
         // every object made is recorded (to be removed on failure) before any error returns
         if let Some((keys, failed, seconds)) = flushed {
@@ -928,10 +936,8 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
                 .collect();
             files.extend(fs);
         }
-        pending = Some((n, files));
-        if opts.discard_invoices {
-            chunks[n] = Vec::new();
-        }
+        let done = if opts.discard_invoices { std::mem::take(&mut chunks[n]) } else { Vec::new() };
+        pending = Some((n, files, done));
     }
     let kept: Vec<BuiltInvoice> = chunks.into_iter().flatten().collect();
     let mut other: Vec<(String, Vec<u8>)> = Vec::new();
