@@ -38,7 +38,7 @@ fn lines_json(li: &LineItem) -> Vec<Value> {
             .collect();
         out.push(json!({
             "type": li.kind, "description": li.description, "quantity": li.quantity,
-            "rate": li.value_per_quantity, "exactValue": li.metadata.get("exactValue").cloned().or(li.value_per_quantity.clone()),
+            "rate": li.value_per_quantity, "exactValue": li.metadata.get("exactValue").map(crate::money::Text::from).or(li.value_per_quantity.clone()),
             "billed": li.value, "metadata": li.metadata, "parts": parts,
         }));
     } else {

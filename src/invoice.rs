@@ -22,7 +22,7 @@ use crate::catalog::{
 use crate::config::Organization;
 use crate::handoff::{CreditGrant, Handoff, Refund};
 use crate::ingest::Usage;
-use crate::money::{format_amount, format_exact, round_line, round_ratio, Currency};
+use crate::money::{amount_text, exact_text, format_amount, format_exact, round_line, round_ratio, Currency, Text};
 use crate::rate::{rate_plan, rate_usage, CardCharge};
 use crate::windows::Window;
 
@@ -37,10 +37,10 @@ pub struct LineItem {
     pub kind: &'static str,
     pub description: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub quantity: Option<String>,
+    pub quantity: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub value_per_quantity: Option<String>,
-    pub value: String,
+    pub value_per_quantity: Option<Text>,
+    pub value: Text,
     #[serde(skip_serializing_if = "LineMeta::is_empty")]
     pub metadata: LineMeta,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -48,14 +48,14 @@ pub struct LineItem {
 }
 
 impl LineItem {
-    pub(crate) fn new(kind: &'static str, description: impl Into<String>, value: String) -> Self {
+    pub(crate) fn new(kind: &'static str, description: impl Into<String>, value: impl Into<Text>) -> Self {
         LineItem {
             id: None,
             kind,
             description: description.into(),
             quantity: None,
             value_per_quantity: None,
-            value,
+            value: value.into(),
             metadata: LineMeta::default(),
             line_items: Vec::new(),
         }
@@ -67,28 +67,33 @@ impl LineItem {
 /// two to four entries each, and a B-tree node per line was most of an invoice's memory. Keys
 /// are nearly always literals, so they are not allocated.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LineMeta(Vec<(Cow<'static, str>, String)>);
+pub struct LineMeta(Vec<(Cow<'static, str>, Text)>);
 
 impl LineMeta {
     /// Set `key` (replacing its value when present).
-    pub fn insert(&mut self, key: &'static str, value: String) {
-        self.set(Cow::Borrowed(key), value)
+    pub fn insert(&mut self, key: &'static str, value: impl Into<Text>) {
+        self.set(Cow::Borrowed(key), value.into())
     }
 
     /// [`Self::insert`] with a key made at run time.
-    pub fn insert_owned(&mut self, key: String, value: String) {
-        self.set(Cow::Owned(key), value)
+    pub fn insert_owned(&mut self, key: String, value: impl Into<Text>) {
+        self.set(Cow::Owned(key), value.into())
     }
 
-    fn set(&mut self, key: Cow<'static, str>, value: String) {
+    fn set(&mut self, key: Cow<'static, str>, value: Text) {
         match self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key.as_ref())) {
             Ok(i) => self.0[i].1 = value,
             Err(i) => self.0.insert(i, (key, value)),
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<&String> {
-        self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key)).ok().map(|i| &self.0[i].1)
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key)).ok().map(|i| self.0[i].1.as_str())
+    }
+
+    /// Room for `n` more entries: a line's few entries in a block of their size, not of four.
+    pub fn reserve(&mut self, n: usize) {
+        self.0.reserve_exact(n);
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -232,7 +237,7 @@ pub struct BuiltInvoice {
 
 fn slab_description(c: &crate::rate::SlabCharge) -> String {
     let upper = c.upper.map(format_exact).unwrap_or_else(|| "∞".into());
-    format!("Slab {} ({} – {}] {}", c.order, format_exact(c.start_after), upper, c.price_type.as_str())
+    format!("Slab {} ({} – {}] {}", c.order, exact_text(c.start_after), upper, c.price_type.as_str())
 }
 
 fn card_line(
@@ -245,34 +250,36 @@ fn card_line(
     org: &Organization,
 ) -> (LineItem, Decimal) {
     let amount = round_line(ch.exact, cur, org.rounding);
-    let mut line = LineItem::new("USAGE_RATE_CARD_AMOUNT", description, format_amount(amount, cur));
+    let mut line = LineItem::new("USAGE_RATE_CARD_AMOUNT", description, amount_text(amount, cur));
     line.id = Some(id);
-    line.quantity = Some(format_exact(ch.quantity));
-    line.metadata.insert("usageMeterId", meter_id.into());
+    line.quantity = Some(exact_text(ch.quantity));
+    line.metadata.reserve(3);
+    line.line_items.reserve_exact(ch.slabs.len());
+    line.metadata.insert("usageMeterId", meter_id);
     line.metadata.insert(
         "pricingModel",
         match model {
             PricingModel::Tiered => "TIERED",
             PricingModel::Volume => "VOLUME",
-        }
-        .into(),
+        },
     );
-    line.metadata.insert("exactValue", format_exact(ch.exact));
+    line.metadata.insert("exactValue", exact_text(ch.exact));
     for s in &ch.slabs {
-        let mut sl = LineItem::new("USAGE_RATE_CARD_SLAB_AMOUNT", slab_description(s), format_exact(s.revenue));
-        sl.quantity = Some(format_exact(s.quantity));
-        sl.value_per_quantity = Some(format_exact(s.rate));
-        sl.metadata.insert("order", s.order.to_string());
-        sl.metadata.insert("priceType", s.price_type.as_str().into());
+        let mut sl = LineItem::new("USAGE_RATE_CARD_SLAB_AMOUNT", slab_description(s), exact_text(s.revenue));
+        sl.quantity = Some(exact_text(s.quantity));
+        sl.value_per_quantity = Some(exact_text(s.rate));
+        sl.metadata.reserve(2 + usize::from(s.packages.is_some()));
+        sl.metadata.insert("order", compact_str::ToCompactString::to_compact_string(&s.order));
+        sl.metadata.insert("priceType", s.price_type.as_str());
         if let Some(p) = s.packages {
-            sl.metadata.insert("packageQuantity", format_exact(p));
+            sl.metadata.insert("packageQuantity", exact_text(p));
         }
         line.line_items.push(sl);
         if let Some(k) = s.clamp_kind {
             let mut adj = LineItem::new(
                 "RATE_CONFIG_ADJUSTMENT_AMOUNT",
                 format!("Slab {} {} rate applied", s.order, k.as_str()),
-                format_exact(s.adjustment),
+                exact_text(s.adjustment),
             );
             adj.metadata.insert("appliedTo", format!("slab {}", s.order));
             line.line_items.push(adj);
@@ -282,9 +289,9 @@ fn card_line(
         let mut adj = LineItem::new(
             "RATE_CONFIG_ADJUSTMENT_AMOUNT",
             format!("Rate card {} rate applied", k.as_str()),
-            format_exact(ch.card_adjustment),
+            exact_text(ch.card_adjustment),
         );
-        adj.metadata.insert("appliedTo", "rate card".into());
+        adj.metadata.insert("appliedTo", "rate card");
         line.line_items.push(adj);
     }
     (line, amount)
@@ -324,23 +331,22 @@ fn fixed_fee_line(ff: &FixedFeeCard, w: &Window, cur: &Currency, org: &Organizat
         Timing::InAdvance => "ADVANCED_FIXED_FEE",
         Timing::InArrears => "FIXED_FEE_RATE_CARD_AMOUNT",
     };
-    let mut line = LineItem::new(kind, &ff.display_name, format_amount(amount, cur));
+    let mut line = LineItem::new(kind, &ff.display_name, amount_text(amount, cur));
     line.id = Some(format!("ff.{}", ff.addon_id));
     line.quantity = Some("1".into());
-    line.value_per_quantity = Some(format_exact(rate));
+    line.value_per_quantity = Some(exact_text(rate));
     line.metadata.insert("addOnId", ff.addon_id.clone());
     line.metadata.insert(
         "type",
         match ff.kind {
             FeeKind::OneTime => "ONE_TIME",
             FeeKind::Recurring { .. } => "RECURRING",
-        }
-        .into(),
+        },
     );
     if prorate {
         line.metadata.insert("prorationFactor", format!("{days}/{cycle_days}"));
         // the exact prorated value is a fraction (e.g. 686/31): shown as one, never as a truncated decimal
-        line.metadata.insert("exactValue", format!("{}/{cycle_days}", format_exact(rate * Decimal::from(days))));
+        line.metadata.insert("exactValue", format!("{}/{cycle_days}", exact_text(rate * Decimal::from(days))));
     }
     Some((line, amount))
 }
@@ -350,9 +356,9 @@ fn slab_lines(kind: &'static str, ch: &CardCharge) -> Vec<LineItem> {
     ch.slabs
         .iter()
         .map(|sl| {
-            let mut c = LineItem::new(kind, slab_description(sl), format_exact(sl.revenue));
-            c.quantity = Some(format_exact(sl.quantity));
-            c.value_per_quantity = Some(format_exact(sl.rate));
+            let mut c = LineItem::new(kind, slab_description(sl), exact_text(sl.revenue));
+            c.quantity = Some(exact_text(sl.quantity));
+            c.value_per_quantity = Some(exact_text(sl.rate));
             c
         })
         .collect()
@@ -370,21 +376,21 @@ fn plan_line(
     org: &Organization,
 ) -> (LineItem, Decimal) {
     let amount = round_line(ch.exact, cur, org.rounding);
-    let mut line = LineItem::new(kind, description, format_amount(amount, cur));
+    let mut line = LineItem::new(kind, description, amount_text(amount, cur));
     line.id = Some(key.to_string());
-    line.quantity = Some(format_exact(ch.quantity));
-    line.metadata.insert("exactValue", format_exact(ch.exact));
+    line.quantity = Some(exact_text(ch.quantity));
+    line.metadata.insert("exactValue", exact_text(ch.exact));
     line.line_items = slab_lines(slab_kind, ch);
     (line, amount)
 }
 
 /// A license card's line from its slab pricing of one quantity (children: the slab split).
 fn license_line(kind: &'static str, lc: &LicenseCard, ch: &CardCharge, amount: Decimal, cur: &Currency) -> LineItem {
-    let mut line = LineItem::new(kind, &lc.display_name, format_amount(amount, cur));
+    let mut line = LineItem::new(kind, &lc.display_name, amount_text(amount, cur));
     line.id = Some(format!("lrc.{}", lc.addon_id));
-    line.quantity = Some(format_exact(ch.quantity));
+    line.quantity = Some(exact_text(ch.quantity));
     line.metadata.insert("addOnId", lc.addon_id.clone());
-    line.metadata.insert("exactValue", format_exact(ch.exact));
+    line.metadata.insert("exactValue", exact_text(ch.exact));
     line.line_items = slab_lines("LICENSE_RATE_CARD_SLAB_AMOUNT", ch);
     line
 }
@@ -404,7 +410,7 @@ fn license_arrears(
         let ch = rate_plan(lc.model, &lc.slabs, rates, peak);
         let amount = round_line(ch.exact, cur, org.rounding);
         let mut line = license_line("LICENSE_RATE_CARD_AMOUNT", lc, &ch, amount, cur);
-        line.metadata.insert("basis", "peak quantity of the cycle".into());
+        line.metadata.insert("basis", "peak quantity of the cycle");
         return Some((line, amount));
     }
     let (_, cycle_days) = w.days();
@@ -414,20 +420,20 @@ fn license_arrears(
         let ch = rate_plan(lc.model, &lc.slabs, rates, q);
         let v = ch.exact * Decimal::from(n);
         numerator += v;
-        let mut c = LineItem::new("LICENSE_RATE_CARD_SLAB_AMOUNT", format!("{} license(s) × {n} day(s)", format_exact(q)), format_exact(v));
+        let mut c = LineItem::new("LICENSE_RATE_CARD_SLAB_AMOUNT", format!("{} license(s) × {n} day(s)", exact_text(q)), exact_text(v));
         // n days at the price of q licenses for a whole cycle
-        c.quantity = Some(n.to_string());
-        c.value_per_quantity = Some(format_exact(ch.exact));
-        c.metadata.insert("licenses", format_exact(q));
+        c.quantity = Some(n.to_string().into());
+        c.value_per_quantity = Some(exact_text(ch.exact));
+        c.metadata.insert("licenses", exact_text(q));
         parts.push(c);
     }
     let amount = round_ratio(numerator, Decimal::from(cycle_days), cur, org.rounding)?;
-    let mut line = LineItem::new("LICENSE_RATE_CARD_AMOUNT", &lc.display_name, format_amount(amount, cur));
+    let mut line = LineItem::new("LICENSE_RATE_CARD_AMOUNT", &lc.display_name, amount_text(amount, cur));
     line.id = Some(format!("lrc.{}", lc.addon_id));
-    line.quantity = Some(format_exact(peak));
+    line.quantity = Some(exact_text(peak));
     line.metadata.insert("addOnId", lc.addon_id.clone());
-    line.metadata.insert("basis", "quantity of each day, prorated".into());
-    line.metadata.insert("exactValue", format!("{}/{cycle_days}", format_exact(numerator)));
+    line.metadata.insert("basis", "quantity of each day, prorated");
+    line.metadata.insert("exactValue", format!("{}/{cycle_days}", exact_text(numerator)));
     line.line_items = parts;
     Some((line, amount))
 }
@@ -602,9 +608,9 @@ fn apply_rules(
         match &rule.action {
             crate::rules::Action::Add { description } => {
                 let amount = round_line(value, cur, org.rounding);
-                let mut l = LineItem::new("PRICING_RULE_ADDITION_AMOUNT", description, format_amount(amount, cur));
+                let mut l = LineItem::new("PRICING_RULE_ADDITION_AMOUNT", description, amount_text(amount, cur));
                 l.id = Some(rule.id.clone());
-                l.metadata.insert("exactValue", format_exact(value));
+                l.metadata.insert("exactValue", exact_text(value));
                 entry.after = Some(format_amount(amount, cur));
                 additions.push((l, amount));
             }
@@ -614,13 +620,13 @@ fn apply_rules(
                     let mut adj = LineItem::new(
                         "PRICING_RULE_REVENUE_UPDATE_AMOUNT",
                         format!("Pricing rule `{}`", rule.name),
-                        format_amount(amount - c.2, cur),
+                        amount_text(amount - c.2, cur),
                     );
                     adj.metadata.insert("ruleId", rule.id.clone());
                     entry.target = Some(format!("revenue.{key}"));
                     entry.before = Some(format_amount(c.2, cur));
                     entry.after = Some(format_amount(amount, cur));
-                    c.1.value = format_amount(amount, cur);
+                    c.1.value = amount_text(amount, cur);
                     c.1.line_items.push(adj);
                     c.2 = amount;
                 }
@@ -632,11 +638,11 @@ fn apply_rules(
                         let (mut line, amount) = card_line(key.clone(), &card.display_name, &card.meter_id, card.model, &ch, cur, org);
                         let mut adj = LineItem::new(
                             "PRICING_RULE_USAGE_UPDATE_AMOUNT",
-                            format!("Pricing rule `{}`: usage {} → {}", rule.name, format_exact(q), format_exact(value)),
-                            format_amount(amount - c.2, cur),
+                            format!("Pricing rule `{}`: usage {} → {}", rule.name, exact_text(q), exact_text(value)),
+                            amount_text(amount - c.2, cur),
                         );
                         adj.metadata.insert("ruleId", rule.id.clone());
-                        line.metadata.insert("meteredQuantity", format_exact(q));
+                        line.metadata.insert("meteredQuantity", exact_text(q));
                         line.line_items.push(adj);
                         entry.target = Some(format!("usage.{key}"));
                         entry.before = Some(format_exact(q));
@@ -669,7 +675,7 @@ fn with_additions(
     gross_children.push(wrap(
         "TOTAL_PRICING_RULE_ADDITION_AMOUNT",
         "Pricing rule additions",
-        &format_amount(add_total, cur),
+        &amount_text(add_total, cur),
         additions.into_iter().map(|a| a.0).collect(),
     ));
     *total += add_total;
@@ -694,7 +700,7 @@ fn credit_grant(
     let key = crate::catalog::grants::grant_key(g);
     let (mut line, amount) = plan_line(line_kind, "CREDIT_GRANT_RATE_CARD_SLAB_AMOUNT", &g.display_name, &key, &ch, cur, org);
     line.metadata.insert("addOnId", g.addon_id.clone());
-    line.metadata.insert("creditAmount", format_exact(price.credits));
+    line.metadata.insert("creditAmount", exact_text(price.credits));
     let effective_until = match g.expiry {
         Expiry::PricingCycle => Some(w.end),
         Expiry::NoExpiry => None,
@@ -769,9 +775,9 @@ fn arrears_invoice(
         cards.push((key, line, amount, Some((card, rates, q))));
         let meter_name = catalog.meters.get(&card.meter_id).map(|m| m.display_name.clone()).unwrap_or_default();
         if !usage_info.iter().any(|u: &LineItem| u.id.as_deref() == Some(&card.meter_id)) {
-            let mut u = LineItem::new("USAGE_METER_USAGE", meter_name, format_exact(q));
+            let mut u = LineItem::new("USAGE_METER_USAGE", meter_name, exact_text(q));
             u.id = Some(card.meter_id.clone());
-            u.quantity = Some(format_exact(q));
+            u.quantity = Some(exact_text(q));
             usage_info.push(u);
         }
     }
@@ -821,8 +827,8 @@ fn arrears_invoice(
                 org,
             );
             line.metadata.insert("featureId", f.to_string());
-            line.metadata.insert("featureUsage", format_exact(fu.consumed));
-            line.metadata.insert("featureCreditsUsed", format_exact(fu.covered));
+            line.metadata.insert("featureUsage", exact_text(fu.consumed));
+            line.metadata.insert("featureCreditsUsed", exact_text(fu.covered));
             cards.push((key, line, amount, None));
         }
     }
@@ -831,7 +837,7 @@ fn arrears_invoice(
     let subtotal: Decimal = cards.iter().map(|c| c.2).sum();
     let mut lines: Vec<(String, Decimal)> = cards.iter().map(|c| (c.1.description.clone(), c.2)).collect();
     let cards: Vec<LineItem> = cards.into_iter().map(|c| c.1).collect();
-    let sub_v = format_amount(subtotal, cur);
+    let sub_v = amount_text(subtotal, cur);
     let mut plan_children = vec![wrap("SUB_TOTAL_AMOUNT", "Subtotal", &sub_v, cards)];
     let mut total = subtotal;
     if let Some(mc) = &plan.minimum_commitment {
@@ -839,18 +845,18 @@ fn arrears_invoice(
             let commitment = round_line(*rate, cur, org.rounding);
             let true_up = (commitment - subtotal).max(Decimal::ZERO);
             if true_up > Decimal::ZERO {
-                let mut l = LineItem::new("TRUE_UP_AMOUNT", &mc.display_name, format_amount(true_up, cur));
-                l.metadata.insert("minimumCommitment", format_amount(commitment, cur));
+                let mut l = LineItem::new("TRUE_UP_AMOUNT", &mc.display_name, amount_text(true_up, cur));
+                l.metadata.insert("minimumCommitment", amount_text(commitment, cur));
                 plan_children.push(l);
                 lines.push((mc.display_name.clone(), true_up));
                 total += true_up;
             }
         }
     }
-    let price_plan_v = format_amount(total, cur);
+    let price_plan_v = amount_text(total, cur);
     let gross = vec![wrap("PRICE_PLAN_AMOUNT", &plan.name, &price_plan_v, plan_children)];
     let gross = with_additions(gross, additions, &mut lines, &mut total, cur);
-    let tree = totals_tree(&format_amount(total, cur), gross);
+    let tree = totals_tree(&amount_text(total, cur), gross);
     let mut built = assemble(p, org, as_of, Kind::Standard, tree, usage_info, lines, total);
     built.invoice.pricing_rules_log = rule_log;
     built.handoff = handoff;
@@ -892,7 +898,7 @@ fn advance_invoices(
         let mut line = license_line("ADVANCED_LICENSE_RATE_CARD_AMOUNT", lc, &ch, amount, cur);
         if prorate {
             line.metadata.insert("prorationFactor", format!("{win_days}/{cycle_days}"));
-            line.metadata.insert("exactValue", format!("{}/{cycle_days}", format_exact(ch.exact * Decimal::from(win_days))));
+            line.metadata.insert("exactValue", format!("{}/{cycle_days}", exact_text(ch.exact * Decimal::from(win_days))));
         }
         cards.push((format!("lrc.{}", lc.addon_id), line, amount, None));
         // changes during the cycle (known by the as-of date): increases bill the price difference,
@@ -923,22 +929,22 @@ fn advance_invoices(
                     date: day,
                     currency: cur.code.clone(),
                     amount: format_amount(-amount, cur),
-                    description: format!("{}: {} → {}", lc.display_name, format_exact(billed), format_exact(q)),
+                    description: format!("{}: {} → {}", lc.display_name, exact_text(billed), exact_text(q)),
                     proration_factor: format!("{remaining}/{cycle_days}"),
                 });
             } else {
                 let mut l = LineItem::new(
                     "ADVANCED_LICENSE_RATE_CARD_AMOUNT",
-                    format!("{}: {} → {}", lc.display_name, format_exact(billed), format_exact(q)),
-                    format_amount(amount, cur),
+                    format!("{}: {} → {}", lc.display_name, exact_text(billed), exact_text(q)),
+                    amount_text(amount, cur),
                 );
                 l.id = Some(format!("lrc.{}", lc.addon_id));
-                l.quantity = Some(format_exact(q - billed));
+                l.quantity = Some(exact_text(q - billed));
                 l.metadata.insert("addOnId", lc.addon_id.clone());
-                l.metadata.insert("priceDifference", format_exact(diff));
+                l.metadata.insert("priceDifference", exact_text(diff));
                 if lc.proration {
                     l.metadata.insert("prorationFactor", format!("{remaining}/{cycle_days}"));
-                    l.metadata.insert("exactValue", format!("{}/{cycle_days}", format_exact(diff * Decimal::from(remaining))));
+                    l.metadata.insert("exactValue", format!("{}/{cycle_days}", exact_text(diff * Decimal::from(remaining))));
                 }
                 adhoc.entry(day).or_default().push((l, amount));
             }
@@ -957,7 +963,7 @@ fn advance_invoices(
     }
     for (day, items) in adhoc {
         let t: Decimal = items.iter().map(|i| i.1).sum();
-        let v = format_amount(t, cur);
+        let v = amount_text(t, cur);
         let lines: Vec<(String, Decimal)> = items.iter().map(|i| (i.0.description.clone(), i.1)).collect();
         let tree = totals_tree(
             &v,
@@ -972,10 +978,10 @@ fn advance_invoices(
     let (additions, rule_log) = apply_rules(&rules, &mut cards, cur, org);
     let mut total: Decimal = cards.iter().map(|c| c.2).sum();
     let mut lines: Vec<(String, Decimal)> = cards.iter().map(|c| (c.1.description.clone(), c.2)).collect();
-    let fees_v = format_amount(total, cur);
+    let fees_v = amount_text(total, cur);
     let gross = vec![wrap("TOTAL_ADVANCED_FEES", "Fees in advance", &fees_v, cards.into_iter().map(|c| c.1).collect())];
     let gross = with_additions(gross, additions, &mut lines, &mut total, cur);
-    let tree = totals_tree(&format_amount(total, cur), gross);
+    let tree = totals_tree(&amount_text(total, cur), gross);
     let mut built = assemble(p, org, as_of, Kind::Advanced, tree, Vec::new(), lines, total);
     built.invoice.pricing_rules_log = rule_log;
     built.handoff = handoff;
@@ -1051,16 +1057,16 @@ pub fn custom_invoice(ci: &CustomInvoice, catalog: &Catalog, org: &Organization,
     let mut lines = Vec::new();
     for (i, l) in ci.lines.iter().enumerate() {
         let amount = round_line(l.value, cur, org.rounding);
-        let mut item = LineItem::new("CUSTOM_AMOUNT", &l.description, format_amount(amount, cur));
+        let mut item = LineItem::new("CUSTOM_AMOUNT", &l.description, amount_text(amount, cur));
         item.id = Some(l.id.clone().unwrap_or_else(|| format!("custom.{}", i + 1)));
-        item.quantity = l.quantity.map(format_exact);
-        item.value_per_quantity = l.value_per_quantity.map(format_exact);
-        item.metadata.insert("exactValue", format_exact(l.value));
+        item.quantity = l.quantity.map(exact_text);
+        item.value_per_quantity = l.value_per_quantity.map(exact_text);
+        item.metadata.insert("exactValue", exact_text(l.value));
         children.push(item);
         lines.push((l.description.clone(), amount));
     }
     let total: Decimal = lines.iter().map(|l| l.1).sum();
-    let tree = totals_tree(&format_amount(total, cur), children);
+    let tree = totals_tree(&amount_text(total, cur), children);
     let net = account.net_term_days.unwrap_or(org.net_term_days);
     let (organization, customer_p, account_p) = parties(org, &customer, account);
     let mut metadata = BTreeMap::new();

@@ -756,7 +756,13 @@ fn line_item_rows(v: &Value) -> Vec<LineItemRow> {
 fn invoice_line_item_rows(inv: &crate::invoice::Invoice) -> Vec<LineItemRow> {
     fn walk(l: &crate::invoice::LineItem, out: &mut Vec<BilledLine>) {
         if crate::invoice::line_class(l.kind).is_some() {
-            out.push((l.id.clone(), l.kind.to_string(), l.description.clone(), l.quantity.clone(), l.value.clone()));
+            out.push((
+                l.id.clone(),
+                l.kind.to_string(),
+                l.description.clone(),
+                l.quantity.as_ref().map(|q| q.to_string()),
+                l.value.to_string(),
+            ));
             return;
         }
         for c in &l.line_items {

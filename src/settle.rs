@@ -28,7 +28,7 @@ use crate::invoice::{
     line_class, parties, totals_tree, wrap, BuiltInvoice, Invoice, InvoiceDetails, LineClass as Class, LineItem, Party, SCHEMA_VERSION,
 };
 use crate::ledger::{CreditBalance, CreditTransaction, IssuedInvoice, Ledger, WalletBalance, WalletEntry};
-use crate::money::{format_amount, round_line, Currency};
+use crate::money::{amount_text, format_amount, round_line, Currency};
 
 /// What to do when an issued invoice's usage changed after it was issued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -379,8 +379,8 @@ fn settle_one(cat: &Catalog, org: &Organization, b: &mut BuiltInvoice, l: &mut L
                 }
             };
             if let MiscValue::RateQuantity { rate, quantity } = &m.value {
-                item.quantity = Some(crate::money::format_exact(*quantity));
-                item.value_per_quantity = Some(crate::money::format_exact(*rate));
+                item.quantity = Some(crate::money::exact_text(*quantity));
+                item.value_per_quantity = Some(crate::money::exact_text(*rate));
             }
             item.id = Some(format!("misc.{}", m.name));
             item.metadata.insert("considerForRevenue", m.consider_for_revenue.to_string());
@@ -457,14 +457,14 @@ fn settle_one(cat: &Catalog, org: &Organization, b: &mut BuiltInvoice, l: &mut L
                 &format_amount(misc_total, &cur),
                 misc_items,
             ));
-            gross_node.value = format_amount(gross, &cur);
+            gross_node.value = amount_text(gross, &cur);
         }
         if !credit_items.is_empty() {
             net.line_items.push(wrap("TOTAL_CREDITS", "Credits", &format_amount(-credit_total, &cur), credit_items));
         }
-        net.value = format_amount(total, &cur);
-        total_node.value = format_amount(total, &cur);
-        root.value = format_amount(total, &cur);
+        net.value = amount_text(total, &cur);
+        total_node.value = amount_text(total, &cur);
+        root.value = amount_text(total, &cur);
     }
     b.total = total;
     b.invoice.total_amount = format_amount(total, &cur);
