@@ -307,7 +307,7 @@ pub(crate) fn totals_tree(value: &str, gross_children: Vec<LineItem>) -> LineIte
 }
 
 pub(crate) fn wrap(kind: &'static str, description: &str, value: &str, children: Vec<LineItem>) -> LineItem {
-    let mut l = LineItem::new(kind, description, value.to_string());
+    let mut l = LineItem::new(kind, description, value);
     l.line_items = children;
     l
 }

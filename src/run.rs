@@ -972,7 +972,8 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     let mut rows = Vec::new();
     let mut issued_now: Vec<(&String, &crate::ledger::IssuedInvoice)> =
         ledger.issued.iter().filter(|(_, e)| e.issued_as_of == as_of && e.invoice_type != "COMPOSITE").collect();
-    issued_now.sort_by_key(|(id, e)| (e.invoice_date, e.owner_id.clone(), e.start_date, (*id).clone()));
+    issued_now
+        .sort_by(|(a, x), (b, y)| (x.invoice_date, &x.owner_id, x.start_date, a).cmp(&(y.invoice_date, &y.owner_id, y.start_date, b)));
     // a re-run's invoices issued earlier at this as-of are read back; each bundle once
     let mut bundled_json: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
     let mut bundles: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();

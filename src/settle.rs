@@ -629,8 +629,14 @@ fn composite(cat: &Catalog, org: &Organization, group_id: &str, day: NaiveDate, 
     BuiltInvoice { invoice, currency: cur, total, lines, due: true, handoff: Default::default() }
 }
 
-fn issue_key(b: &BuiltInvoice) -> (NaiveDate, String, NaiveDate, String) {
-    (b.invoice.invoice_date, b.invoice.owner_id.clone(), b.invoice.start_date, b.invoice.id.clone())
+/// Issue order: invoice date, owner, cycle start, id. Borrowed: sorting 100k invoices by an
+/// owned key cloned two strings per comparison (~7M allocations).
+fn issue_key(b: &BuiltInvoice) -> (NaiveDate, &str, NaiveDate, &str) {
+    (b.invoice.invoice_date, &b.invoice.owner_id, b.invoice.start_date, &b.invoice.id)
+}
+
+fn by_issue_key(a: &BuiltInvoice, b: &BuiltInvoice) -> std::cmp::Ordering {
+    issue_key(a).cmp(&issue_key(b))
 }
 
 /// Settle a run. `rated` is every invoice rating built (issued or not), `before` the ledger the
@@ -753,7 +759,7 @@ pub fn settle(
     }
 
     // issue, day by day
-    to_issue.sort_by_key(issue_key);
+    to_issue.sort_by(by_issue_key);
     let mut issued: Vec<BuiltInvoice> = Vec::with_capacity(to_issue.len());
     let mut rest = to_issue.into_iter().peekable();
     while let Some(day) = rest.peek().map(|b| b.invoice.invoice_date) {
@@ -809,7 +815,7 @@ pub fn settle(
 
     // sequence numbers: every issued invoice that is sent (not MERGED), gap-free across runs
     let mut order: Vec<usize> = (0..issued.len()).filter(|&i| issued[i].invoice.status != "MERGED").collect();
-    order.sort_by_key(|&i| issue_key(&issued[i]));
+    order.sort_by(|&a, &b| by_issue_key(&issued[a], &issued[b]));
     for i in order {
         let b = &mut issued[i];
         let seq = org.invoice_sequence.format(l.next_sequence, b.invoice.invoice_date);
@@ -817,10 +823,10 @@ pub fn settle(
         b.invoice.sequence_id = Some(seq.clone());
         l.issued.get_mut(&b.invoice.id).expect("indexed").sequence_id = Some(seq);
     }
-    issued.sort_by_key(issue_key);
+    issued.sort_by(by_issue_key);
 
     // DRAFT previews against what remains (a scratch copy: holds are not consumption)
-    drafts.sort_by_key(issue_key);
+    drafts.sort_by(by_issue_key);
     if !drafts.is_empty() {
         let mut scratch = l.clone();
         for b in &mut drafts {
