@@ -17,6 +17,8 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use rust_decimal::Decimal;
 
+use crate::money::Text;
+
 /// Scale of the `quantity` column.
 pub const QUANTITY_SCALE: i8 = 18;
 /// Scale of the `amount` column.
@@ -28,25 +30,25 @@ pub const PRECISION: u8 = 38;
 #[derive(Debug, Clone, PartialEq)]
 pub struct LineItemRow {
     /// The account billed (for a composite invoice, the account of the child line).
-    pub account_id: String,
+    pub account_id: Text,
     /// The invoice's owner: the account, or the invoice group of a composite invoice.
-    pub owner_id: String,
+    pub owner_id: Text,
     /// The invoice the line is on.
-    pub invoice_id: String,
+    pub invoice_id: Text,
     /// Assigned when the invoice leaves DRAFT.
-    pub sequence_id: Option<String>,
+    pub sequence_id: Option<Text>,
     /// Togai's `invoiceType` (STANDARD, STANDARD_ADVANCED, CUSTOM, COMPOSITE, …).
-    pub invoice_type: String,
+    pub invoice_type: Text,
     /// Togai's invoice status (DRAFT, DUE, PAID, …).
-    pub status: String,
+    pub status: Text,
     /// First day of the invoice's period.
     pub cycle_start: NaiveDate,
     /// Last day of the invoice's period (as on the invoice).
     pub cycle_end: NaiveDate,
     /// The line's id (`urc.<meter>`, `ff.<add-on>`, …), if it has one.
-    pub line_id: Option<String>,
+    pub line_id: Option<Text>,
     /// Togai's line-item `type` (USAGE_RATE_CARD_AMOUNT, SUB_CREDITS, …).
-    pub kind: String,
+    pub kind: Text,
     /// The line's text as on the invoice.
     pub description: String,
     /// Units billed, when the line has a quantity.
@@ -54,7 +56,7 @@ pub struct LineItemRow {
     /// The line's amount, in `currency`.
     pub amount: Decimal,
     /// ISO 4217 code of the invoice's currency.
-    pub currency: String,
+    pub currency: Text,
 }
 
 /// Why the export could not be written.
@@ -110,8 +112,8 @@ fn unscaled(x: Decimal, scale: i8) -> Option<i128> {
 
 fn exact(row: &LineItemRow, column: &'static str, value: Decimal, scale: i8) -> Result<i128, LineItemsError> {
     unscaled(value, scale).ok_or_else(|| LineItemsError::NotExact {
-        invoice: row.invoice_id.clone(),
-        line: row.line_id.clone().unwrap_or_else(|| row.description.clone()),
+        invoice: row.invoice_id.to_string(),
+        line: row.line_id.as_deref().unwrap_or(&row.description).to_string(),
         column,
         value,
         scale,
@@ -252,12 +254,12 @@ mod tests {
             assert_eq!(s("account_id", i).as_deref(), Some(r.account_id.as_str()));
             assert_eq!(s("owner_id", i).as_deref(), Some(r.owner_id.as_str()));
             assert_eq!(s("invoice_id", i).as_deref(), Some(r.invoice_id.as_str()));
-            assert_eq!(s("sequence_id", i), r.sequence_id);
+            assert_eq!(s("sequence_id", i).as_deref(), r.sequence_id.as_deref());
             assert_eq!(s("invoice_type", i).as_deref(), Some(r.invoice_type.as_str()));
             assert_eq!(s("status", i).as_deref(), Some(r.status.as_str()));
             assert_eq!(date("cycle_start", i), Some(r.cycle_start));
             assert_eq!(date("cycle_end", i), Some(r.cycle_end));
-            assert_eq!(s("line_id", i), r.line_id);
+            assert_eq!(s("line_id", i).as_deref(), r.line_id.as_deref());
             assert_eq!(s("kind", i).as_deref(), Some(r.kind.as_str()));
             assert_eq!(s("description", i).as_deref(), Some(r.description.as_str()));
             assert_eq!(dec(b.column_by_name("quantity").unwrap(), i, 18), r.quantity);
