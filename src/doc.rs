@@ -7,12 +7,11 @@
 //! (line, column) of every node is kept so errors can point at the source.
 
 use std::collections::HashMap;
-
-use rustc_hash::FxHashMap;
 use std::fmt;
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
+use rustc_hash::FxHashMap;
 use serde::de::{self, Deserializer, Visitor};
 use serde_json::{Map, Value};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};

@@ -120,8 +120,8 @@ pub fn round_ratio(numerator: Decimal, denominator: Decimal, currency: &Currency
     Decimal::try_from_i128_with_scale(q, currency.minor_units).ok()
 }
 
-/// A formatted number in an invoice tree: inline up to 24 bytes, so the millions of short
-/// amounts and quantities of a bill run are not each a heap allocation.
+/// Short text of invoice trees and line-item rows (formatted numbers, ids, codes): inline up to
+/// 24 bytes, so the millions of them in a bill run are not each a heap allocation.
 pub type Text = compact_str::CompactString;
 
 /// Format an amount at the currency's scale ("12.50", "1200" for JPY, "0.125" for KWD).
