@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{Days, NaiveDate};
+use compact_str::ToCompactString;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
@@ -269,7 +270,7 @@ fn card_line(
         sl.quantity = Some(exact_text(s.quantity));
         sl.value_per_quantity = Some(exact_text(s.rate));
         sl.metadata.reserve(2 + usize::from(s.packages.is_some()));
-        sl.metadata.insert("order", compact_str::ToCompactString::to_compact_string(&s.order));
+        sl.metadata.insert("order", s.order.to_compact_string());
         sl.metadata.insert("priceType", s.price_type.as_str());
         if let Some(p) = s.packages {
             sl.metadata.insert("packageQuantity", exact_text(p));
@@ -422,7 +423,7 @@ fn license_arrears(
         numerator += v;
         let mut c = LineItem::new("LICENSE_RATE_CARD_SLAB_AMOUNT", format!("{} license(s) × {n} day(s)", exact_text(q)), exact_text(v));
         // n days at the price of q licenses for a whole cycle
-        c.quantity = Some(n.to_string().into());
+        c.quantity = Some(n.to_compact_string());
         c.value_per_quantity = Some(exact_text(ch.exact));
         c.metadata.insert("licenses", exact_text(q));
         parts.push(c);
