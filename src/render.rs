@@ -4,7 +4,8 @@
 //! arithmetic and no money logic in templates. Handlebars runs in strict mode, so a missing
 //! field is an error naming the template and the field, not an empty string. HTML output escapes
 //! every value; the text template is not HTML-escaped. A template directory in the config
-//! overrides the shipped defaults file by file.
+//! overrides the shipped defaults file by file. A template within what `program` covers (the
+//! shipped ones are) is rendered by its compiled program, byte for byte as handlebars would.
 
 use std::borrow::Cow;
 use std::path::Path;
