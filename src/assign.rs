@@ -3,8 +3,9 @@
 //!
 //! This is the part of ingest that is a lookup per row rather than a column expression. Done with
 //! hash joins on text keys it cost most of a run (the 36-character event ids, 100k accounts);
-//! here it is one pass over the rows in arrival order with hash maps built once per run:
-//! - dedup keeps the first arrival of each (account group, event id), on 128-bit keys for
+//! here it is one pass over the rows with hash maps built once per run:
+//! - dedup keeps the first arrival (ingested-at, nulls last, then arrival number `__seq`) of
+//!   each (account group, event id), whatever the order of the frame's rows, on 128-bit keys for
 //!   canonical UUIDs and on the text otherwise (exact either way);
 //! - the account is the raw value when it names an account, else the alias valid at the event's
 //!   timestamp;
@@ -14,6 +15,7 @@
 //! resolve to an account has the same partition ([`Assigner::partition`]) and the same
 //! dedup scope, whatever the partitioning: results never depend on how a run is partitioned.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 
@@ -56,7 +58,7 @@ fn partition_hash(key: &str) -> u64 {
 /// Rows per parallel chunk of [`Assigner::assign`]'s lookups.
 const ROW_CHUNK: usize = 1 << 16;
 
-/// Dedup shards, each scanning every row in arrival order for its own ids.
+/// Dedup shards, each scanning every row for its own ids.
 const DEDUP_SHARDS: usize = 2;
 
 /// The dedup shard of an event id: any function of the id text alone keeps the first arrival
@@ -258,15 +260,16 @@ impl<'c> Assigner<'c> {
         row
     }
 
-    /// Assign every row of `df` (sorted in arrival order: ingested-at, then input order), given
-    /// each row's reason so far (`r1`: invalid event or no id, else 0).
+    /// Assign every row of `df` (in any order: arrival is read from ingested-at and `__seq`),
+    /// given each row's reason so far (`r1`: invalid event or no id, else 0).
     ///
     /// Three steps, the first two on every core: each row's lookups on its own (chunks of rows
-    /// in parallel); first-arrival dedup in arrival order, sharded by event id (equal keys
-    /// have equal ids, so a key always falls in one shard, and each shard scans every row in order, so the first arrival wins
-    /// exactly as in one pass); then each row's outcome (a duplicate is rejected before any
-    /// later reason).
+    /// in parallel); first-arrival dedup, sharded by event id (equal keys have equal ids, so a
+    /// key always falls in one shard; each key keeps the earliest arrival it meets and every
+    /// other row of it is a duplicate, so the order rows are met in does not matter); then each
+    /// row's outcome (a duplicate is rejected before any later reason).
     pub fn assign(&self, df: &DataFrame, r1: &UInt32Chunked, as_of_us: i64) -> PolarsResult<Assigned> {
+        use crate::frame::SEQ;
         use billrun_connectors::schema::{ACCOUNT_ID, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
         use rayon::prelude::*;
         let n = df.height();
@@ -287,13 +290,34 @@ impl<'c> Assigner<'c> {
             }
         });
 
+        // arrival order: ingested-at (nulls last), then the arrival number `__seq`; each key
+        // keeps the row that arrived first, whatever the frame's row order (a partition of
+        // several spill buckets is in arrival order only within each bucket)
+        let seq: Vec<u32> = df.column(SEQ)?.idx()?.into_no_null_iter().map(|s| s as u32).collect();
+        let arrival: Option<Vec<(bool, i64)>> =
+            (ingested.null_count() < n).then(|| ingested.iter().map(|i| (i.is_none(), i.unwrap_or(0))).collect());
+        let earlier = |a: u32, b: u32| -> bool {
+            let (a, b) = (a as usize, b as usize);
+            match &arrival {
+                Some(ing) => (ing[a], seq[a]) < (ing[b], seq[b]),
+                None => seq[a] < seq[b],
+            }
+        };
         let rows_ref = &rows;
         let duplicates: Vec<Vec<u32>> = (0..DEDUP_SHARDS)
             .into_par_iter()
             .map(|shard| {
-                let mut seen_uuid: Set<(u32, [u32; 4])> = Set::with_capacity_and_hasher(n / DEDUP_SHARDS + 1, FixedState::default());
-                let mut seen_text: Set<(Option<u32>, &str, &str)> = Set::default();
+                let mut seen_uuid: Map<(u32, [u32; 4]), u32> = Map::with_capacity_and_hasher(n / DEDUP_SHARDS + 1, FixedState::default());
+                let mut seen_text: Map<(Option<u32>, &str, &str), u32> = Map::default();
                 let mut out = Vec::new();
+                // the row that stays of two with one key; the other is a duplicate
+                let mut meet = |kept: &mut u32, i: u32| {
+                    if earlier(i, *kept) {
+                        out.push(std::mem::replace(kept, i));
+                    } else {
+                        out.push(i);
+                    }
+                };
                 for (i, ((id, raw), row)) in ids.iter().zip(raws.iter()).zip(rows_ref).enumerate() {
                     if !row.dedup {
                         continue;
@@ -302,16 +326,24 @@ impl<'c> Assigner<'c> {
                     if shard_of(id) != shard {
                         continue;
                     }
-                    let fresh = match (row.group, uuid_bits(id)) {
+                    let i = i as u32;
+                    match (row.group, uuid_bits(id)) {
                         (Some(g), Some(bits)) => {
                             // 20 bytes a key: (u32, u128) would be padded to 32
                             let w = [bits as u32, (bits >> 32) as u32, (bits >> 64) as u32, (bits >> 96) as u32];
-                            seen_uuid.insert((g, w))
+                            match seen_uuid.entry((g, w)) {
+                                Entry::Vacant(v) => {
+                                    v.insert(i);
+                                }
+                                Entry::Occupied(mut o) => meet(o.get_mut(), i),
+                            }
                         }
-                        (g, _) => seen_text.insert((g, if g.is_some() { "" } else { raw.unwrap_or("") }, id)),
-                    };
-                    if !fresh {
-                        out.push(i as u32);
+                        (g, _) => match seen_text.entry((g, if g.is_some() { "" } else { raw.unwrap_or("") }, id)) {
+                            Entry::Vacant(v) => {
+                                v.insert(i);
+                            }
+                            Entry::Occupied(mut o) => meet(o.get_mut(), i),
+                        },
                     }
                 }
                 out
@@ -356,8 +388,9 @@ mod tests {
     use crate::catalog::{load_dir, LoadContext};
     use crate::money::Currency;
 
-    /// First arrival per (account group, id) in one plain pass, for ids of any spelling: what
-    /// the parallel lookups and the sharded dedup must give exactly.
+    /// First arrival per (account group, id) by one plain pass over the rows sorted in arrival
+    /// order, for ids of any spelling: what the parallel lookups and the sharded dedup must give
+    /// exactly, with the frame's rows in arrival order, shuffled, or arriving by ingested-at.
     #[test]
     fn sharded_dedup_keeps_the_first_arrival_of_each_account_and_id() {
         let usd = Currency::new("USD").unwrap();
@@ -367,12 +400,16 @@ mod tests {
         let accounts = ["ACC-ACME-PROD", "ACC-ACME-STG", "ACC-GLOBEX", "nobody"];
         // more rows than one parallel chunk; ids from a small pool, so most rows repeat one
         let n = ROW_CHUNK + 5000;
-        let (mut ids, mut raws, mut r1) = (Vec::new(), Vec::new(), Vec::new());
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for i in 0..n {
+        let mut next = move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
+            x
+        };
+        let (mut ids, mut raws, mut r1, mut ingested) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let x = next();
             let k = x % 3000;
             ids.push(match k % 3 {
                 0 => format!("evt-{k}"),
@@ -381,30 +418,50 @@ mod tests {
             });
             raws.push(accounts[(x >> 20) as usize % accounts.len()]);
             r1.push(if i % 97 == 0 { Reason::NoEventId as u32 } else { 0 });
+            ingested.push((x % 5 != 0).then_some((x >> 32) as i64 % 50));
         }
-        let df = df!(
-            "event_id" => &ids,
-            "account_id" => &raws,
-            "schema_name" => vec!["api_call"; n],
-            "timestamp" => vec![1_790_000_000_000_000i64; n],
-            "ingested_at" => vec![None::<i64>; n],
-        )
-        .unwrap();
-        let out = a.assign(&df, &UInt32Chunked::from_vec("r1".into(), r1.clone()), i64::MAX).unwrap();
-        let mut seen = std::collections::HashSet::new();
-        let mut dups = 0;
-        for (i, got) in out.reason.iter().enumerate() {
-            let want_dup = r1[i] == 0 && !seen.insert((raws[i], ids[i].as_str()));
-            assert_eq!(got == Some(Reason::Duplicate as u32), want_dup, "row {i}: {} {}", raws[i], ids[i]);
-            dups += usize::from(want_dup);
+        let shuffled: Vec<usize> = {
+            let mut keyed: Vec<(u64, usize)> = (0..n).map(|i| (next(), i)).collect();
+            keyed.sort_unstable();
+            keyed.into_iter().map(|(_, i)| i).collect()
+        };
+        // (row order, with ingested-at?)
+        let cases = [((0..n).collect::<Vec<_>>(), false), (shuffled.clone(), false), (shuffled, true)];
+        for (order, with_ingested) in cases {
+            let ing = |i: usize| if with_ingested { ingested[i] } else { None };
+            let df = df!(
+                "event_id" => order.iter().map(|&i| ids[i].as_str()).collect::<Vec<_>>(),
+                "account_id" => order.iter().map(|&i| raws[i]).collect::<Vec<_>>(),
+                "schema_name" => vec!["api_call"; n],
+                "timestamp" => vec![1_790_000_000_000_000i64; n],
+                "ingested_at" => order.iter().map(|&i| ing(i)).collect::<Vec<_>>(),
+                "__seq" => order.iter().map(|&i| i as IdxSize).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let r1_rows = UInt32Chunked::from_vec("r1".into(), order.iter().map(|&i| r1[i]).collect());
+            let out = a.assign(&df, &r1_rows, i64::MAX).unwrap();
+            // the reference: arrival order is ingested-at (nulls last), then the arrival number
+            let mut arrival: Vec<usize> = (0..n).collect();
+            arrival.sort_by_key(|&i| (ing(i).is_none(), ing(i), i));
+            let mut seen = std::collections::HashSet::new();
+            let mut want = vec![false; n];
+            for &i in &arrival {
+                want[i] = r1[i] == 0 && !seen.insert((raws[i], ids[i].as_str()));
+            }
+            for (row, &i) in order.iter().enumerate() {
+                let got = out.reason.get(row) == Some(Reason::Duplicate as u32);
+                assert_eq!(got, want[i], "event {i} ({} {}), ingested-at {:?}", raws[i], ids[i], ing(i));
+            }
+            let dups = want.iter().filter(|d| **d).count();
+            assert!(dups > n / 2, "the pool repeats ids: {dups} duplicates");
+            // a row rejected earlier keeps its reason; a value that names no account gets none
+            let first = order.iter().position(|&i| i == 0).unwrap();
+            assert_eq!(out.reason.get(first), Some(Reason::NoEventId as u32));
+            let nobody = order.iter().position(|&i| raws[i] == "nobody").unwrap();
+            assert_eq!(out.account.get(nobody), None);
+            let acme = (0..n).find(|&r| raws[order[r]] == "ACC-ACME-PROD" && out.reason.get(r) == Some(Reason::Duplicate as u32)).unwrap();
+            assert_eq!(out.account.get(acme), Some("ACC-ACME-PROD"));
         }
-        assert!(dups > n / 2, "the pool repeats ids: {dups} duplicates");
-        // a row rejected earlier keeps its reason; a value that names no account gets none
-        assert_eq!(out.reason.get(0), Some(Reason::NoEventId as u32));
-        let nobody = raws.iter().position(|r| *r == "nobody").unwrap();
-        assert_eq!(out.account.get(nobody), None);
-        let acme = (0..n).find(|&i| raws[i] == "ACC-ACME-PROD" && out.reason.get(i) == Some(Reason::Duplicate as u32)).unwrap();
-        assert_eq!(out.account.get(acme), Some("ACC-ACME-PROD"));
     }
 
     #[test]

@@ -170,30 +170,6 @@ fn keep(r: Expr, reason: Reason, cond: Expr) -> Expr {
     when(r.clone().neq(code(0))).then(r).when(cond).then(code(reason as u8)).otherwise(code(0))
 }
 
-/// Whether the frame's rows are already in arrival order: ingested-at non-decreasing with its
-/// nulls last, and `__seq` increasing.
-fn in_arrival_order(df: &DataFrame) -> PolarsResult<bool> {
-    let ing = df.column(INGESTED_AT)?.i64()?;
-    let seq = df.column(SEQ)?.idx()?;
-    let mut prev: Option<(Option<i64>, IdxSize)> = None;
-    for (i, s) in ing.iter().zip(seq.iter()) {
-        let s = s.unwrap_or(0);
-        if let Some((pi, ps)) = prev {
-            let ordered = match (pi, i) {
-                (Some(a), Some(b)) => a < b || (a == b && ps < s),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => ps < s,
-            };
-            if !ordered {
-                return Ok(false);
-            }
-        }
-        prev = Some((i, s));
-    }
-    Ok(true)
-}
-
 /// The frame with its text columns copied into buffers of their own. A filtered polars text
 /// column still points into the buffers of the column it came from: kept until the end of the
 /// run, the few rejected rows of every partition held all of its text (gigabytes at 50M events).
@@ -223,14 +199,9 @@ pub fn ingest(
 ) -> Result<IngestOutput, IngestError> {
     let EventFrame { df, columns } = frame;
     let events_read = df.height() as u64;
-    // arrival order: by ingested-at (nulls last), then input order; sources usually give it
-    // already (no ingested-at column at all, or rows read in arrival order), and a sort moves
-    // every column
-    let df = if in_arrival_order(&df)? {
-        df
-    } else {
-        df.sort([INGESTED_AT, SEQ], SortMultipleOptions::default().with_nulls_last(true).with_maintain_order(true))?
-    };
+    // the rows stay in the order they came in (a spilled partition is in arrival order only
+    // within each bucket): dedup reads arrival from ingested-at and `__seq` (`assign`), and
+    // nothing else here depends on row order (rejects are sorted by `__seq` at the end)
 
     // 1-4: validity, id, dedup, schema
     let mut undeclared = lit(false);
@@ -249,7 +220,7 @@ pub fn ingest(
         .when(col(EVENT_ID).is_null().or(col(EVENT_ID).eq(lit(""))))
         .then(code(Reason::NoEventId as u8))
         .otherwise(code(0));
-    // 3-8 (dedup, schema, account, as-of, window, grace): one native pass in arrival order
+    // 3-8 (dedup, schema, account, as-of, window, grace): one native pass
     let mut df = df.lazy().with_column(r1.alias(REASON)).collect()?;
     let a = assigner.assign(&df, df.column(REASON)?.u32()?, as_of_us)?;
     df.with_column(a.reason.into_column())?;
