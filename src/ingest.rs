@@ -377,7 +377,6 @@ pub fn ingest(
         }
     }
     let used = df.clone().lazy().filter(col(REASON).eq(code(0)));
-    let events_used = used.clone().select([len()]).collect()?.column("len")?.u32()?.get(0).unwrap_or(0) as u64;
     aggs.push(len().cast(DataType::UInt64).alias("__events"));
     let agg = used.group_by([col(WINDOW)]).agg(aggs).collect()?;
     let mut usage = Usage::new();
@@ -434,6 +433,8 @@ pub fn ingest(
         }
     }
     let meter_ids = compiled.iter().map(|m| m.meter_id.clone()).collect();
+    // every used event is in exactly one window's group
+    let events_used = used_by_window.values().sum();
     let meter_seconds = meter_start.elapsed().as_secs_f64();
     Ok(IngestOutput { usage, meter_ids, rejects, counts, events_read, events_used, used_by_window, meter_seconds })
 }
