@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, RecordBatch, StringArray, StringViewArray};
 use arrow::datatypes::{DataType as ADataType, Int64Type, TimeUnit};
 use polars::prelude::*;
 
@@ -64,15 +64,17 @@ fn micros(a: &ArrayRef, column: &str) -> Result<ArrayRef, FrameError> {
     Ok(arrow::compute::cast(&a, &ADataType::Int64)?)
 }
 
+/// A text column as a string view array, the layout polars holds text in: a `Utf8` column
+/// keeps its value buffer (only the 16-byte views are built), a dictionary's views point into
+/// its values, so no string is copied on the way into polars.
 fn text(a: &ArrayRef, column: &str) -> Result<ArrayRef, FrameError> {
     match a.data_type() {
-        ADataType::Utf8 => Ok(a.clone()),
-        ADataType::Null
-        | ADataType::LargeUtf8
-        | ADataType::Utf8View
-        | ADataType::Dictionary(_, _)
-        | ADataType::Int64
-        | ADataType::Int32 => Ok(arrow::compute::cast(a, &ADataType::Utf8)?),
+        ADataType::Utf8View => Ok(a.clone()),
+        ADataType::Utf8 => Ok(Arc::new(StringViewArray::from(a.as_string::<i32>()))),
+        ADataType::LargeUtf8 | ADataType::Dictionary(_, _) => Ok(arrow::compute::cast(a, &ADataType::Utf8View)?),
+        ADataType::Null | ADataType::Int64 | ADataType::Int32 => {
+            Ok(Arc::new(StringViewArray::from(arrow::compute::cast(a, &ADataType::Utf8)?.as_string::<i32>())))
+        }
         dt => Err(FrameError::Type { column: column.into(), dtype: dt.to_string(), what: "text" }),
     }
 }
@@ -178,10 +180,8 @@ pub fn build(batches: &[RecordBatch]) -> Result<EventFrame, FrameError> {
             .map(|job| match job {
                 Job::Text(name) => {
                     let parts = batches.iter().map(|b| text(&get(b, name), name)).collect::<Result<Vec<_>, _>>()?;
-                    let mut a = concat(parts)?;
-                    if a.data_type() != &ADataType::Utf8 {
-                        a = arrow::compute::cast(&a, &ADataType::Utf8)?;
-                    }
+                    // views are concatenated without copying the strings they point to
+                    let a = if parts.is_empty() { Arc::new(StringViewArray::new_null(0)) as ArrayRef } else { concat(parts)? };
                     Ok((to_polars(name, &a)?, None))
                 }
                 Job::Micros(name) => {

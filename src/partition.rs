@@ -31,6 +31,11 @@ pub const BUCKETS: usize = 64;
 /// Write buffer per spill file: 64 of them are open while the input is read.
 const SPILL_BUFFER: usize = 256 << 10;
 
+/// Rows gathered (at most `memory_rows`) before they are scattered to the spill files: the
+/// sources' batches (64K rows) made a batch of ~1K rows per bucket, and every spilled batch
+/// costs its own IPC message, dictionaries and arrays to write, read back and widen.
+const SCATTER_ROWS: usize = 1 << 19;
+
 /// Rows held in memory (and ingested at once) by default: about 0.3 GiB of events.
 pub const DEFAULT_MEMORY_ROWS: usize = 1_000_000;
 
@@ -68,13 +73,26 @@ pub struct Partitioner<'a> {
     next_seq: u64,
     held: Vec<RecordBatch>,
     held_rows: usize,
+    /// Batches waiting to be scattered together (spilling only), all of one schema.
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
     spill: Option<Spill>,
     error: Option<PartitionError>,
 }
 
 impl<'a> Partitioner<'a> {
     pub fn new(assigner: &'a Assigner<'a>, memory_rows: usize) -> Self {
-        Partitioner { assigner, memory_rows: memory_rows.max(1), next_seq: 0, held: Vec::new(), held_rows: 0, spill: None, error: None }
+        Partitioner {
+            assigner,
+            memory_rows: memory_rows.max(1),
+            next_seq: 0,
+            held: Vec::new(),
+            held_rows: 0,
+            pending: Vec::new(),
+            pending_rows: 0,
+            spill: None,
+            error: None,
+        }
     }
 
     /// Rows taken so far.
@@ -116,12 +134,38 @@ impl<'a> Partitioner<'a> {
                 .map_err(|e| PartitionError::Io { dir: "a temporary directory".into(), source: e })?;
             tracing::info!(dir = %dir.path().display(), rows = self.held_rows, "more events than fit in memory at once: partitioning by account");
             self.spill = Some(Spill { dir, writers: Vec::new(), rows: vec![0; BUCKETS] });
-            for b in std::mem::take(&mut self.held) {
-                self.scatter(&b)?;
-            }
             self.held_rows = 0;
+            for b in std::mem::take(&mut self.held) {
+                self.gather(b)?;
+            }
             return Ok(());
         }
+        self.gather(batch)
+    }
+
+    /// Scatter `batch` together with the batches before it, once they are `SCATTER_ROWS` (or
+    /// `memory_rows`) rows or the schema changes.
+    fn gather(&mut self, batch: RecordBatch) -> Result<(), PartitionError> {
+        if self.pending.first().is_some_and(|p| p.schema() != batch.schema()) {
+            self.flush()?;
+        }
+        self.pending_rows += batch.num_rows();
+        self.pending.push(batch);
+        if self.pending_rows >= SCATTER_ROWS.min(self.memory_rows) {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Scatter the gathered batches as one.
+    fn flush(&mut self) -> Result<(), PartitionError> {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_rows = 0;
+        let batch = match pending.len() {
+            0 => return Ok(()),
+            1 => pending.into_iter().next().expect("one"),
+            _ => arrow::compute::concat_batches(&pending[0].schema(), &pending).map_err(|e| self.arrow(e))?,
+        };
         self.scatter(&batch)
     }
 
@@ -204,6 +248,9 @@ impl<'a> Partitioner<'a> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
+        if self.spill.is_some() {
+            self.flush()?;
+        }
         let Some(mut spill) = self.spill.take() else {
             let part = Part { held: std::mem::take(&mut self.held), files: Vec::new(), rows: self.held_rows };
             return Ok(Partitions { parts: vec![part], dir: None });
@@ -261,7 +308,8 @@ impl Partitions {
 }
 
 impl Part {
-    /// Its batches (read back from the spill files, which are then removed). `dir` names the
+    /// Its batches (read back from the spill files, which are then removed; the text columns
+    /// the spill encoded come back as string views, `spill::widen_to_views`). `dir` names the
     /// spill directory in errors.
     pub fn take(&mut self, dir: &str) -> Result<Vec<RecordBatch>, PartitionError> {
         let mut out = std::mem::take(&mut self.held);
@@ -272,7 +320,7 @@ impl Part {
             let spilled = r.collect::<Result<Vec<_>, _>>().map_err(ar)?;
             use rayon::prelude::*;
             let widened: Vec<RecordBatch> =
-                spilled.into_par_iter().map(|b| crate::spill::widen(b, &original)).collect::<Result<_, _>>().map_err(ar)?;
+                spilled.into_par_iter().map(|b| crate::spill::widen_to_views(b, &original)).collect::<Result<_, _>>().map_err(ar)?;
             out.extend(widened);
             // the bucket is in memory now: give its disk space back
             let _ = std::fs::remove_file(&path);

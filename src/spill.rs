@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     new_null_array, Array, ArrayRef, AsArray, FixedSizeBinaryArray, RecordBatch, RecordBatchOptions, StringArray, StringBuilder,
-    StringDictionaryBuilder,
+    StringDictionaryBuilder, StringViewArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt8Type};
 use arrow::error::ArrowError;
@@ -99,10 +99,23 @@ fn dictionary(s: &StringArray) -> Option<ArrayRef> {
 
 /// A spilled batch back in its original schema.
 pub fn widen(batch: RecordBatch, original: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    widen_with(batch, original, false)
+}
+
+/// A spilled batch back in its original schema, except that the text columns `narrow` encoded
+/// come back as string views (`Utf8View`) rather than `Utf8`: the layout polars holds text in,
+/// built without copying a dictionary's strings once per row. Cast to the original types, it
+/// is the batch `narrow` took.
+pub fn widen_to_views(batch: RecordBatch, original: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    widen_with(batch, original, true)
+}
+
+fn widen_with(batch: RecordBatch, original: &SchemaRef, views: bool) -> Result<RecordBatch, ArrowError> {
     if batch.schema().fields() == original.fields() {
         return batch.with_schema(Arc::clone(original));
     }
     let n = batch.num_rows();
+    let text = |f: &Field| f.data_type() == &DataType::Utf8;
     let columns = original
         .fields()
         .iter()
@@ -110,12 +123,29 @@ pub fn widen(batch: RecordBatch, original: &SchemaRef) -> Result<RecordBatch, Ar
         .map(|(f, c)| match c.data_type() {
             t if t == f.data_type() => Ok(Arc::clone(c)),
             DataType::Null => Ok(new_null_array(f.data_type(), n)),
-            DataType::FixedSizeBinary(UUID_BYTES) if f.data_type() == &DataType::Utf8 => Ok(uuid_text(c.as_fixed_size_binary())),
+            DataType::FixedSizeBinary(UUID_BYTES) if text(f) => {
+                let t = uuid_text(c.as_fixed_size_binary());
+                Ok(if views { Arc::new(StringViewArray::from(t.as_string::<i32>())) } else { t })
+            }
+            DataType::Dictionary(..) if views && text(f) => arrow::compute::cast(c, &DataType::Utf8View),
             DataType::Dictionary(..) => arrow::compute::cast(c, f.data_type()),
             t => Err(ArrowError::SchemaError(format!("spilled column `{}` is {t}, not an encoding of {}", f.name(), f.data_type()))),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new_with_options(Arc::clone(original), columns, &RecordBatchOptions::new().with_row_count(Some(n)))
+    let fields: Vec<Arc<Field>> = original
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(f, c)| {
+            if c.data_type() == f.data_type() {
+                Arc::clone(f)
+            } else {
+                Arc::new(f.as_ref().clone().with_data_type(c.data_type().clone()))
+            }
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields).with_metadata(original.metadata().clone()));
+    RecordBatch::try_new_with_options(schema, columns, &RecordBatchOptions::new().with_row_count(Some(n)))
 }
 
 /// 16-byte values as canonical lowercase UUID text.
@@ -190,7 +220,18 @@ mod tests {
         assert_eq!(types[1], DataType::Dictionary(Box::new(DataType::UInt8), Box::new(DataType::Utf8)));
         assert_eq!(types[2], DataType::Int64);
         assert_eq!(types[3], DataType::Null);
-        assert_eq!(widen(n, &b.schema()).unwrap(), b);
+        assert_eq!(widen(n.clone(), &b.schema()).unwrap(), b);
+        // for the frame: the encoded text columns as string views, the rest as it was
+        let v = widen_to_views(n, &b.schema()).unwrap();
+        let types: Vec<DataType> = v.schema().fields().iter().map(|f| f.data_type().clone()).collect();
+        assert_eq!(types[..3], [DataType::Utf8View, DataType::Utf8View, DataType::Int64]);
+        assert_eq!(as_original(v, &b.schema()), b);
+    }
+
+    /// A batch cast column by column to the original schema.
+    fn as_original(b: RecordBatch, original: &SchemaRef) -> RecordBatch {
+        let columns = b.columns().iter().zip(original.fields()).map(|(c, f)| arrow::compute::cast(c, f.data_type()).unwrap()).collect();
+        RecordBatch::try_new(Arc::clone(original), columns).unwrap()
     }
 
     #[test]
@@ -221,7 +262,8 @@ mod tests {
             // slices too: a bucket's rows are taken from a larger batch
             let b = b.slice(start.min(n - 1), n - start.min(n - 1));
             let narrowed = narrow(&b).unwrap();
-            prop_assert_eq!(widen(narrowed, &b.schema()).unwrap(), b);
+            prop_assert_eq!(widen(narrowed.clone(), &b.schema()).unwrap(), b.clone());
+            prop_assert_eq!(as_original(widen_to_views(narrowed, &b.schema()).unwrap(), &b.schema()), b);
         }
     }
 }
