@@ -298,7 +298,7 @@ impl<'c> Assigner<'c> {
         // arrival order: ingested-at (nulls last), then the arrival number `__seq`; each key
         // keeps the row that arrived first, whatever the frame's row order (a partition of
         // several spill buckets is in arrival order only within each bucket)
-        let seq: Vec<u32> = df.column(SEQ)?.idx()?.into_no_null_iter().map(|s| s as u32).collect();
+        let seq: Vec<IdxSize> = df.column(SEQ)?.idx()?.into_no_null_iter().collect();
         let arrival: Option<Vec<(bool, i64)>> =
             (ingested.null_count() < n).then(|| ingested.iter().map(|i| (i.is_none(), i.unwrap_or(0))).collect());
         let earlier = |a: u32, b: u32| -> bool {
