@@ -309,7 +309,7 @@ impl Partitions {
 
 impl Part {
     /// Its batches (read back from the spill files, which are then removed; the text columns
-    /// the spill encoded come back as string views, `spill::widen_to_views`). `dir` names the
+    /// the spill encoded come back as string views, `spill::widen`). `dir` names the
     /// spill directory in errors.
     pub fn take(&mut self, dir: &str) -> Result<Vec<RecordBatch>, PartitionError> {
         let mut out = std::mem::take(&mut self.held);
@@ -320,7 +320,7 @@ impl Part {
             let spilled = r.collect::<Result<Vec<_>, _>>().map_err(ar)?;
             use rayon::prelude::*;
             let widened: Vec<RecordBatch> =
-                spilled.into_par_iter().map(|b| crate::spill::widen_to_views(b, &original)).collect::<Result<_, _>>().map_err(ar)?;
+                spilled.into_par_iter().map(|b| crate::spill::widen(b, &original)).collect::<Result<_, _>>().map_err(ar)?;
             out.extend(widened);
             // the bucket is in memory now: give its disk space back
             let _ = std::fs::remove_file(&path);

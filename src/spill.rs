@@ -8,8 +8,8 @@
 //! - a column without any value as the Null type (no buffer at all).
 //!
 //! Anything else is written as it is. [`widen`] with the batch's original schema gives back the
-//! very same batch, so nothing downstream knows about the spill (a property test checks the
-//! round trip).
+//! same values in the same columns, the encoded text as string views (what the frame hands to
+//! polars), so nothing downstream knows about the spill (a property test checks the round trip).
 
 use std::sync::Arc;
 
@@ -97,20 +97,11 @@ fn dictionary(s: &StringArray) -> Option<ArrayRef> {
     Some(Arc::new(b.finish()))
 }
 
-/// A spilled batch back in its original schema.
-pub fn widen(batch: RecordBatch, original: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-    widen_with(batch, original, false)
-}
-
 /// A spilled batch back in its original schema, except that the text columns `narrow` encoded
 /// come back as string views (`Utf8View`) rather than `Utf8`: the layout polars holds text in,
 /// built without copying a dictionary's strings once per row. Cast to the original types, it
-/// is the batch `narrow` took.
-pub fn widen_to_views(batch: RecordBatch, original: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-    widen_with(batch, original, true)
-}
-
-fn widen_with(batch: RecordBatch, original: &SchemaRef, views: bool) -> Result<RecordBatch, ArrowError> {
+/// is the very batch `narrow` took.
+pub fn widen(batch: RecordBatch, original: &SchemaRef) -> Result<RecordBatch, ArrowError> {
     if batch.schema().fields() == original.fields() {
         return batch.with_schema(Arc::clone(original));
     }
@@ -125,9 +116,9 @@ fn widen_with(batch: RecordBatch, original: &SchemaRef, views: bool) -> Result<R
             DataType::Null => Ok(new_null_array(f.data_type(), n)),
             DataType::FixedSizeBinary(UUID_BYTES) if text(f) => {
                 let t = uuid_text(c.as_fixed_size_binary());
-                Ok(if views { Arc::new(StringViewArray::from(t.as_string::<i32>())) } else { t })
+                Ok(Arc::new(StringViewArray::from(t.as_string::<i32>())) as ArrayRef)
             }
-            DataType::Dictionary(..) if views && text(f) => arrow::compute::cast(c, &DataType::Utf8View),
+            DataType::Dictionary(..) if text(f) => arrow::compute::cast(c, &DataType::Utf8View),
             DataType::Dictionary(..) => arrow::compute::cast(c, f.data_type()),
             t => Err(ArrowError::SchemaError(format!("spilled column `{}` is {t}, not an encoding of {}", f.name(), f.data_type()))),
         })
@@ -220,9 +211,8 @@ mod tests {
         assert_eq!(types[1], DataType::Dictionary(Box::new(DataType::UInt8), Box::new(DataType::Utf8)));
         assert_eq!(types[2], DataType::Int64);
         assert_eq!(types[3], DataType::Null);
-        assert_eq!(widen(n.clone(), &b.schema()).unwrap(), b);
         // for the frame: the encoded text columns as string views, the rest as it was
-        let v = widen_to_views(n, &b.schema()).unwrap();
+        let v = widen(n, &b.schema()).unwrap();
         let types: Vec<DataType> = v.schema().fields().iter().map(|f| f.data_type().clone()).collect();
         assert_eq!(types[..3], [DataType::Utf8View, DataType::Utf8View, DataType::Int64]);
         assert_eq!(as_original(v, &b.schema()), b);
@@ -241,12 +231,12 @@ mod tests {
         let b = batch(ids.clone(), vec![None, None, Some("x".into())], vec![None; 3]);
         let n = narrow(&b).unwrap();
         assert_ne!(n.schema().field(0).data_type(), &DataType::FixedSizeBinary(16));
-        assert_eq!(widen(n, &b.schema()).unwrap(), b);
+        assert_eq!(as_original(widen(n, &b.schema()).unwrap(), &b.schema()), b);
         let many: Vec<Option<String>> = (0..300).map(|i| Some(format!("label-{i}"))).collect();
         let b = batch(many.clone(), many, vec![Some(1); 300]);
         let n = narrow(&b).unwrap();
         assert_eq!(n.schema().field(1).data_type(), &DataType::Utf8);
-        assert_eq!(widen(n, &b.schema()).unwrap(), b);
+        assert_eq!(as_original(widen(n, &b.schema()).unwrap(), &b.schema()), b);
     }
 
     proptest! {
@@ -262,8 +252,7 @@ mod tests {
             // slices too: a bucket's rows are taken from a larger batch
             let b = b.slice(start.min(n - 1), n - start.min(n - 1));
             let narrowed = narrow(&b).unwrap();
-            prop_assert_eq!(widen(narrowed.clone(), &b.schema()).unwrap(), b.clone());
-            prop_assert_eq!(as_original(widen_to_views(narrowed, &b.schema()).unwrap(), &b.schema()), b);
+            prop_assert_eq!(as_original(widen(narrowed, &b.schema()).unwrap(), &b.schema()), b);
         }
     }
 }
