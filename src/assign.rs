@@ -46,8 +46,9 @@ pub struct Assigner<'c> {
     alias_group: Map<&'c str, u32>,
     windows: Vec<Vec<Span>>,
     schemas: Set<&'c str>,
-    /// Account index → the partition hash of its id (read for group representatives).
-    group_hash: Vec<u64>,
+    /// The account field values whose partition hash is not that of their own text (accounts
+    /// that are not their group's representative, alias values) → their group's hash.
+    redirect: Map<&'c str, u64>,
 }
 
 /// The hash that picks an account group's partition.
@@ -168,17 +169,10 @@ impl<'c> Assigner<'c> {
             spans.sort_unstable();
         }
         let schemas = catalog.event_schemas.keys().map(String::as_str).collect();
-        let group_hash = ids.iter().map(|id| partition_hash(id)).collect();
-        Assigner { index, ids, group, aliases, alias_group, windows: per_account, schemas, group_hash }
-    }
-
-    /// The account group an account field belongs to: its account's or its alias's; `None` for a
-    /// value that names neither (its events are rejected, each in the group of its own text).
-    fn group_of(&self, raw: &str) -> Option<u32> {
-        match self.index.get(raw) {
-            Some(&i) => Some(self.group[i as usize]),
-            None => self.alias_group.get(raw).copied(),
-        }
+        let mut a = Assigner { index, ids, group, aliases, alias_group, windows: per_account, schemas, redirect: Map::default() };
+        a.redirect =
+            a.group_table().into_iter().filter(|(value, rep)| value != rep).map(|(value, rep)| (value, partition_hash(rep))).collect();
+        a
     }
 
     /// (account field value, its group's representative id) for every account id and alias
@@ -194,22 +188,16 @@ impl<'c> Assigner<'c> {
     }
 
     /// The partition (of `n`) of an account field: the hash of its account group's
-    /// representative id (precomputed: one lookup per row), or of the raw text when it names no
-    /// account. Events that can share a dedup key or a window always share it.
+    /// representative id, or of the raw text when it names no account. That is the hash of the
+    /// text itself except for the few values in `redirect` (none without aliases): a lookup of
+    /// every row in the 100k accounts was a tenth of the read stage. Events that can share a
+    /// dedup key or a window always share it.
     pub fn partition(&self, raw: Option<&str>, n: usize) -> usize {
         if n <= 1 {
             return 0;
         }
         let raw = raw.unwrap_or("");
-        if self.alias_group.is_empty() {
-            // no aliases: every account is its own group, whose hash is that of its id, which is
-            // the raw text; no lookup is needed (it was a tenth of the read stage)
-            return (partition_hash(raw) % n as u64) as usize;
-        }
-        let h = match self.group_of(raw) {
-            Some(g) => self.group_hash[g as usize],
-            None => partition_hash(raw),
-        };
+        let h = self.redirect.get(raw).copied().unwrap_or_else(|| partition_hash(raw));
         (h % n as u64) as usize
     }
 
