@@ -25,12 +25,23 @@ pub const DECIMAL_KEY: &str = "$decimal";
 /// memory.
 pub const MAX_ALIAS_VALUES: usize = 1_000_000;
 
-/// A parsed document: its value and the position of every node by path.
+/// How many path segments deep positions are kept while parsing: a catalog's items
+/// (`accounts[5]`, `accountSchedules.acc-1[0]`), which every loaded object carries as its origin.
+/// Deeper positions are only wanted for an error; a catalog of 100k accounts has a million
+/// nodes, and keeping each one's path was a quarter of loading it.
+const SHALLOW_DEPTH: usize = 3;
+
+type Positions = FxHashMap<String, (usize, usize)>;
+
+/// A parsed document: its value and the position of its nodes by path.
 #[derive(Debug, Clone)]
 pub struct Doc {
     pub value: Value,
-    /// Every node's path: a catalog of 100k accounts has a million, so the hash is Fx, not SipHash
-    positions: FxHashMap<String, (usize, usize)>,
+    /// Nodes at most [`SHALLOW_DEPTH`] segments deep, kept while parsing.
+    shallow: Positions,
+    /// The text, parsed again for every node's position the first time one is asked for.
+    text: String,
+    every: std::sync::OnceLock<Positions>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,32 +59,49 @@ impl fmt::Display for DocError {
 
 impl Doc {
     /// Line and column (1-based) of the node at `path` (as printed by `serde_path_to_error`),
-    /// or of its nearest ancestor that has a position.
+    /// or of its nearest ancestor that has a position. The first call parses the text again.
     pub fn position(&self, path: &str) -> Option<(usize, usize)> {
-        let mut p = path.to_string();
-        loop {
-            if let Some(pos) = self.positions.get(&p) {
-                return Some(*pos);
-            }
-            let cut = p.rfind(['.', '['])?;
-            p.truncate(cut);
+        let every = self.every.get_or_init(|| build(&self.text, true).map(|b| b.positions).unwrap_or_default());
+        nearest(every, path)
+    }
+
+    /// [`Self::position`] of a node at most three segments deep (a catalog item), or of its
+    /// nearest such ancestor, without parsing again.
+    pub fn item_position(&self, path: &str) -> Option<(usize, usize)> {
+        nearest(&self.shallow, path)
+    }
+}
+
+fn nearest(positions: &Positions, path: &str) -> Option<(usize, usize)> {
+    let mut p = path.to_string();
+    loop {
+        if let Some(pos) = positions.get(&p) {
+            return Some(*pos);
         }
+        let cut = p.rfind(['.', '['])?;
+        p.truncate(cut);
     }
 }
 
 /// Parse JSON or YAML text. An empty document is `null`.
 pub fn parse(text: &str) -> Result<Doc, DocError> {
-    let mut b = Builder::default();
+    let b = build(text, false)?;
+    Ok(Doc { value: b.root.unwrap_or(Value::Null), shallow: b.positions, text: text.to_string(), every: Default::default() })
+}
+
+/// The parse, keeping the position of every node (`every`) or of the shallow ones.
+fn build(text: &str, every: bool) -> Result<Builder, DocError> {
+    let mut b = Builder { every, ..Default::default() };
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut b, false).map_err(|e| DocError {
         line: e.marker().line(),
         col: e.marker().col() + 1,
         message: e.info().to_string(),
     })?;
-    if let Some(err) = b.error {
-        return Err(err);
+    match b.error.take() {
+        Some(err) => Err(err),
+        None => Ok(b),
     }
-    Ok(Doc { value: b.root.unwrap_or(Value::Null), positions: b.positions })
 }
 
 enum Frame {
@@ -90,7 +118,11 @@ struct Builder {
     anchors: HashMap<usize, (Value, usize)>,
     /// Nodes copied by aliases so far.
     alias_values: usize,
-    positions: FxHashMap<String, (usize, usize)>,
+    positions: Positions,
+    /// Keep every node's position, not only the first [`SHALLOW_DEPTH`] segments'.
+    every: bool,
+    /// Segments of the value being built (the path holds them only while they are kept).
+    depth: usize,
     error: Option<DocError>,
 }
 
@@ -123,19 +155,28 @@ impl Builder {
         s
     }
 
+    fn kept(&self) -> bool {
+        self.every || self.depth <= SHALLOW_DEPTH
+    }
+
     /// Path segment the next value will take, pushed before the value is built.
     fn enter(&mut self, mark: Marker) -> bool {
-        match self.stack.last() {
-            Some(Frame::Seq(items, _)) => {
-                let seg = format!("[{}]", items.len());
-                self.path.push(seg);
-            }
-            Some(Frame::Map(_, Some(k), _)) => {
-                let k = k.clone();
-                self.path.push(k);
-            }
+        let is_root = match self.stack.last() {
             Some(Frame::Map(_, None, _)) => return false, // this value is a key
-            None => {}
+            Some(_) => false,
+            None => true,
+        };
+        if !is_root {
+            self.depth += 1;
+            if !self.kept() {
+                return true;
+            }
+            let seg = match self.stack.last() {
+                Some(Frame::Seq(items, _)) => format!("[{}]", items.len()),
+                Some(Frame::Map(_, Some(k), _)) => k.clone(),
+                _ => unreachable!("a value in a sequence or under a key"),
+            };
+            self.path.push(seg);
         }
         let p = self.current_path();
         self.positions.insert(p, (mark.line(), mark.col() + 1));
@@ -144,7 +185,10 @@ impl Builder {
 
     fn leave(&mut self, had_segment: bool) {
         if had_segment && !self.stack.is_empty() {
-            self.path.pop();
+            if self.kept() {
+                self.path.pop();
+            }
+            self.depth -= 1;
         }
     }
 
@@ -420,6 +464,23 @@ mod tests {
         let doc = parse("plans:\n  - id: a\n    cards:\n      - type: X\n").unwrap();
         assert_eq!(doc.position("plans[0].cards[0].type"), Some((4, 15)));
         assert_eq!(doc.position("plans[0].cards[0].missing").map(|p| p.0), Some(4));
+    }
+
+    #[test]
+    fn item_positions_are_kept_while_parsing_and_deeper_ones_found_on_demand() {
+        let doc = parse("plans:\n  - id: a\n    cards:\n      - type: X\nschedules:\n  acc-1:\n    - plan: a\n").unwrap();
+        // three segments deep: kept while parsing, no second parse
+        assert_eq!(doc.item_position("plans[0].id"), Some((2, 9)));
+        assert_eq!(doc.item_position("schedules.acc-1[0]").map(|p| p.0), Some(7));
+        assert!(doc.every.get().is_none());
+        // deeper: the nearest kept ancestor without a second parse, the node itself with one
+        assert_eq!(doc.item_position("plans[0].cards[0].type"), Some((4, 7)));
+        assert_eq!(doc.position("plans[0].cards[0].type"), Some((4, 15)));
+        assert!(doc.every.get().is_some());
+        // the second parse finds the kept ones where the first did
+        for p in ["plans", "plans[0]", "plans[0].id", "plans[0].cards", "schedules.acc-1", "schedules.acc-1[0]"] {
+            assert_eq!(doc.item_position(p), doc.position(p), "{p}");
+        }
     }
 
     #[test]

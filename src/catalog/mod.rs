@@ -501,7 +501,7 @@ const KEYS: &[&str] = &[
 ];
 
 fn de<T: DeserializeOwned>(doc: &Doc, file: &Path, path: &str, v: &Value, d: &mut Diagnostics) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+    match serde_path_to_error::deserialize::<_, T>(v) {
         Ok(t) => Some(t),
         Err(e) => {
             let inner = e.path().to_string();
@@ -522,15 +522,15 @@ fn load_file(file: &Path, text: &str, raw: &mut RawCatalog, d: &mut Diagnostics)
         }
     };
     let top = match &doc.value {
-        Value::Object(o) => o.clone(),
+        Value::Object(o) => o,
         Value::Null => return,
         _ => {
             d.push(Diagnostic::new(file, "", format!("expected a map with keys {}", KEYS.join(", "))).at(Some((1, 1))));
             return;
         }
     };
-    for (key, value) in &top {
-        let origin = |path: String| Origin { file: file.to_path_buf(), pos: doc.position(&path), path };
+    for (key, value) in top {
+        let origin = |path: String| Origin { file: file.to_path_buf(), pos: doc.item_position(&path), path };
         match key.as_str() {
             "accountAliases" | "accountSchedules" | "miscellaneousCharges" => {
                 let Value::Object(map) = value else {
