@@ -72,14 +72,14 @@ impl Doc {
     }
 }
 
+/// The position of `path` or of its nearest ancestor (a prefix ending before `.` or `[`).
 fn nearest(positions: &Positions, path: &str) -> Option<(usize, usize)> {
-    let mut p = path.to_string();
+    let mut p = path;
     loop {
-        if let Some(pos) = positions.get(&p) {
+        if let Some(pos) = positions.get(p) {
             return Some(*pos);
         }
-        let cut = p.rfind(['.', '['])?;
-        p.truncate(cut);
+        p = &p[..p.rfind(['.', '['])?];
     }
 }
 
