@@ -104,9 +104,11 @@ fn build(text: &str, every: bool) -> Result<Builder, DocError> {
     }
 }
 
+/// A collection being built: its items, (a map's) pending key, its anchor, and whether it took a
+/// path segment (`false` for a collection written as a key, an error the parse reports).
 enum Frame {
-    Seq(Vec<Value>, usize),
-    Map(Map<String, Value>, Option<String>, usize),
+    Seq(Vec<Value>, usize, bool),
+    Map(Map<String, Value>, Option<String>, usize, bool),
 }
 
 #[derive(Default)]
@@ -162,7 +164,7 @@ impl Builder {
     /// Path segment the next value will take, pushed before the value is built.
     fn enter(&mut self, mark: Marker) -> bool {
         let is_root = match self.stack.last() {
-            Some(Frame::Map(_, None, _)) => return false, // this value is a key
+            Some(Frame::Map(_, None, ..)) => return false, // this value is a key
             Some(_) => false,
             None => true,
         };
@@ -172,8 +174,8 @@ impl Builder {
                 return true;
             }
             let seg = match self.stack.last() {
-                Some(Frame::Seq(items, _)) => format!("[{}]", items.len()),
-                Some(Frame::Map(_, Some(k), _)) => k.clone(),
+                Some(Frame::Seq(items, ..)) => format!("[{}]", items.len()),
+                Some(Frame::Map(_, Some(k), ..)) => k.clone(),
                 _ => unreachable!("a value in a sequence or under a key"),
             };
             self.path.push(seg);
@@ -195,8 +197,8 @@ impl Builder {
     fn attach(&mut self, v: Value, mark: Marker) {
         match self.stack.last_mut() {
             None => self.root = Some(v),
-            Some(Frame::Seq(items, _)) => items.push(v),
-            Some(Frame::Map(map, key, _)) => match key.take() {
+            Some(Frame::Seq(items, ..)) => items.push(v),
+            Some(Frame::Map(map, key, ..)) => match key.take() {
                 None => {
                     let k = match v {
                         Value::String(s) => s,
@@ -325,16 +327,16 @@ impl MarkedEventReceiver for Builder {
                         message: "a mapping key must be a plain value".into(),
                     });
                 }
-                self.stack.push(Frame::Seq(Vec::new(), anchor));
+                self.stack.push(Frame::Seq(Vec::new(), anchor, seg));
             }
             Event::SequenceEnd => {
-                if let Some(Frame::Seq(items, anchor)) = self.stack.pop() {
+                if let Some(Frame::Seq(items, anchor, seg)) = self.stack.pop() {
                     let v = Value::Array(items);
                     if anchor > 0 {
                         let n = count_nodes(&v);
                         self.anchors.insert(anchor, (v.clone(), n));
                     }
-                    self.leave(true);
+                    self.leave(seg);
                     self.attach(v, mark);
                 }
             }
@@ -347,16 +349,16 @@ impl MarkedEventReceiver for Builder {
                         message: "a mapping key must be a plain value".into(),
                     });
                 }
-                self.stack.push(Frame::Map(Map::new(), None, anchor));
+                self.stack.push(Frame::Map(Map::new(), None, anchor, seg));
             }
             Event::MappingEnd => {
-                if let Some(Frame::Map(map, _, anchor)) = self.stack.pop() {
+                if let Some(Frame::Map(map, _, anchor, seg)) = self.stack.pop() {
                     let v = Value::Object(map);
                     if anchor > 0 {
                         let n = count_nodes(&v);
                         self.anchors.insert(anchor, (v.clone(), n));
                     }
-                    self.leave(true);
+                    self.leave(seg);
                     self.attach(v, mark);
                 }
             }
@@ -464,6 +466,14 @@ mod tests {
         let doc = parse("plans:\n  - id: a\n    cards:\n      - type: X\n").unwrap();
         assert_eq!(doc.position("plans[0].cards[0].type"), Some((4, 15)));
         assert_eq!(doc.position("plans[0].cards[0].missing").map(|p| p.0), Some(4));
+    }
+
+    #[test]
+    fn a_collection_as_a_key_is_an_error_at_any_depth() {
+        for text in ["{[x]: 1}", "a: {b: {c: {d: {[x]: 1}}}}", "a:\n  b:\n    c:\n      d:\n        ? {x: 1}\n        : 1\n"] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.message, "a mapping key must be a plain value", "{text}");
+        }
     }
 
     #[test]
