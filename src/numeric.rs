@@ -81,7 +81,8 @@ fn out(name: PlSmallStr, ca: Int128Chunked, scale: u32) -> Column {
 /// Element-wise binary operation of two decimal columns (length-1 columns broadcast).
 pub fn binary(a: &Column, b: &Column, scale_out: u32, f: impl Fn(i128, i128) -> Option<i128>) -> PolarsResult<Column> {
     let (x, y) = (phys(a)?, phys(b)?);
-    let n = x.len().max(y.len());
+    // a column of one value (a literal) stands for every row of the other, even of none
+    let n = if x.len() == 1 { y.len() } else { x.len() };
     let get = |ca: &Int128Chunked, i: usize| if ca.len() == 1 { ca.get(0) } else { ca.get(i) };
     let ca: Int128Chunked = if x.len() == n && y.len() == n {
         x.iter()
@@ -117,7 +118,8 @@ pub fn predicate(a: &Column, f: impl Fn(i128) -> bool) -> PolarsResult<Column> {
 /// Element-wise comparison of two decimal columns at the same scale.
 pub fn compare(a: &Column, b: &Column, f: impl Fn(i128, i128) -> bool) -> PolarsResult<Column> {
     let (x, y) = (phys(a)?, phys(b)?);
-    let n = x.len().max(y.len());
+    // a column of one value (a literal) stands for every row of the other, even of none
+    let n = if x.len() == 1 { y.len() } else { x.len() };
     let get = |ca: &Int128Chunked, i: usize| if ca.len() == 1 { ca.get(0) } else { ca.get(i) };
     let ca: BooleanChunked = (0..n)
         .map(|i| match (get(&x, i), get(&y, i)) {
@@ -154,6 +156,21 @@ pub fn parse_text(s: &str) -> Option<(i128, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A one-value column (a literal) compares with every row of the other column, and with
+    /// none when the other has no rows (a part of the input with no events of a kind).
+    #[test]
+    fn comparison_broadcasts_a_single_value() {
+        let col = |v: Vec<Option<i128>>| {
+            Int128Chunked::from_iter_options("x".into(), v.into_iter()).into_decimal_unchecked(38, 2).into_series().into_column()
+        };
+        let one = col(vec![Some(150)]);
+        let gt = |a: &Column, b: &Column| compare(a, b, |p, q| p > q).unwrap().bool().unwrap().iter().collect::<Vec<_>>();
+        assert_eq!(gt(&col(vec![Some(100), Some(200), None]), &one), vec![Some(false), Some(true), None]);
+        assert_eq!(gt(&one, &col(vec![Some(100), Some(200)])), vec![Some(true), Some(false)]);
+        assert_eq!(gt(&col(vec![]), &one), vec![]);
+        assert_eq!(gt(&one, &col(vec![])), vec![]);
+    }
 
     #[test]
     fn division_keeps_four_places_half_up() {
