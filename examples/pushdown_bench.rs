@@ -89,7 +89,7 @@ fn main() {
         let n = out.num_rows();
         let frame = billrun::frame::build(&out.batches).expect("frame");
         drop(out);
-        let ing = ingest::ingest(frame, &cat, &windows, &billrun::assign::Assigner::new(&cat, &windows), as_of_us).expect("ingest");
+        let ing = ingest::ingest(frame, &cat, &windows, &billrun::assign::Assigner::new(&cat, &windows), as_of_us, true).expect("ingest");
         let local_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let p = rt.block_on(pushdown(&pushed_source, &cat, &windows, as_of_us, &read)).expect("pushdown");
@@ -98,7 +98,7 @@ fn main() {
             "round {round}: postgres → arrow {n} rows in {read_s:.3} s = {:.2} M rows/s | local meter (read + ingest) {local_s:.3} s | pushed-down meter {push_s:.3} s",
             n as f64 / read_s / 1e6
         );
-        local_usage = Some((ing.usage, ing.events_used));
+        local_usage = Some((ingest::finish(ing.usage).expect("usage"), ing.events_used));
         pushed_usage = Some((p.usage, p.events_used));
     }
     assert_eq!(local_usage, pushed_usage, "the two paths must give the same usage table");

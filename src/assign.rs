@@ -196,9 +196,22 @@ impl<'c> Assigner<'c> {
         if n <= 1 {
             return 0;
         }
+        (self.group_hash(raw) % n as u64) as usize
+    }
+
+    /// The hash of an account field's group: its representative's id, or the raw text when it
+    /// names no account (what [`Self::partition`] reduces).
+    fn group_hash(&self, raw: Option<&str>) -> u64 {
         let raw = raw.unwrap_or("");
-        let h = self.redirect.get(raw).copied().unwrap_or_else(|| partition_hash(raw));
-        (h % n as u64) as usize
+        self.redirect.get(raw).copied().unwrap_or_else(|| partition_hash(raw))
+    }
+
+    /// A hash of a row's dedup key (account group, event id): rows with equal keys have equal
+    /// hashes, so a hash met once names a row that cannot be a duplicate nor have one
+    /// (`twopass.rs`). `None` for a row without an id, which dedup never looks at.
+    pub fn key_hash(&self, raw: Option<&str>, id: Option<&str>) -> Option<u64> {
+        let id = id.filter(|id| !id.is_empty())?;
+        Some(FixedState::with_seed(0x6b65_7973_6361_6e00).hash_one((self.group_hash(raw), id)))
     }
 
     fn resolve(&self, raw: &str, ts: i64) -> Option<u32> {
@@ -261,7 +274,10 @@ impl<'c> Assigner<'c> {
     /// key always falls in one shard; each key keeps the earliest arrival it meets and every
     /// other row of it is a duplicate, so the order rows are met in does not matter); then each
     /// row's outcome (a duplicate is rejected before any later reason).
-    pub fn assign(&self, df: &DataFrame, r1: &UInt32Chunked, as_of_us: i64) -> PolarsResult<Assigned> {
+    ///
+    /// Without `dedup` no row is a duplicate: for frames whose rows are known to have keys of
+    /// their own (the two-pass path, `twopass.rs`).
+    pub fn assign(&self, df: &DataFrame, r1: &UInt32Chunked, as_of_us: i64, dedup: bool) -> PolarsResult<Assigned> {
         use crate::frame::SEQ;
         use billrun_connectors::schema::{ACCOUNT_ID, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
         use rayon::prelude::*;
@@ -286,9 +302,9 @@ impl<'c> Assigner<'c> {
         // arrival order: ingested-at (nulls last), then the arrival number `__seq`; each key
         // keeps the row that arrived first, whatever the frame's row order (a partition of
         // several spill buckets is in arrival order only within each bucket)
-        let seq: Vec<IdxSize> = df.column(SEQ)?.idx()?.into_no_null_iter().collect();
+        let seq: Vec<IdxSize> = if dedup { df.column(SEQ)?.idx()?.into_no_null_iter().collect() } else { Vec::new() };
         let arrival: Option<Vec<(bool, i64)>> =
-            (ingested.null_count() < n).then(|| ingested.iter().map(|i| (i.is_none(), i.unwrap_or(0))).collect());
+            (dedup && ingested.null_count() < n).then(|| ingested.iter().map(|i| (i.is_none(), i.unwrap_or(0))).collect());
         let earlier = |a: u32, b: u32| -> bool {
             let (a, b) = (a as usize, b as usize);
             match &arrival {
@@ -297,7 +313,8 @@ impl<'c> Assigner<'c> {
             }
         };
         let rows_ref = &rows;
-        let duplicates: Vec<Vec<u32>> = (0..DEDUP_SHARDS)
+        let shards = if dedup { DEDUP_SHARDS } else { 0 };
+        let duplicates: Vec<Vec<u32>> = (0..shards)
             .into_par_iter()
             .map(|shard| {
                 let mut seen_uuid: Map<(u32, [u32; 4]), u32> = Map::with_capacity_and_hasher(n / DEDUP_SHARDS + 1, FixedState::default());
@@ -432,7 +449,7 @@ mod tests {
             )
             .unwrap();
             let r1_rows = UInt32Chunked::from_vec("r1".into(), order.iter().map(|&i| r1[i]).collect());
-            let out = a.assign(&df, &r1_rows, i64::MAX).unwrap();
+            let out = a.assign(&df, &r1_rows, i64::MAX, true).unwrap();
             // the reference: arrival order is ingested-at (nulls last), then the arrival number
             let mut arrival: Vec<usize> = (0..n).collect();
             arrival.sort_by_key(|&i| (ing(i).is_none(), ing(i), i));

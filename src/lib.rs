@@ -35,4 +35,5 @@ pub mod scenario;
 pub mod settle;
 pub mod simulate;
 pub mod spill;
+pub mod twopass;
 pub mod windows;

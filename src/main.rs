@@ -44,10 +44,15 @@ enum Command {
         /// Write the run's stage timings and peak memory (JSON) to this file.
         #[arg(long, value_name = "FILE")]
         timings: Option<PathBuf>,
-        /// Events held in memory at once (overrides [run] memory_rows); past it, the input is
-        /// partitioned by account into spill files.
+        /// Events held in memory at once (overrides [run] memory_rows); past it, files and S3
+        /// objects are read twice and ingested in chunks, other inputs are partitioned by
+        /// account into spill files.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         memory_rows: Option<u64>,
+        /// Read every source once, partitioning by account past memory_rows (spill files),
+        /// instead of reading files and S3 objects twice.
+        #[arg(long)]
+        one_pass: bool,
     },
     /// Check the configuration and catalog offline; report every problem at once.
     Validate {
@@ -175,9 +180,9 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     match cli.command {
-        Command::Run { config, as_of, out, strict, json, timings, memory_rows } => {
+        Command::Run { config, as_of, out, strict, json, timings, memory_rows, one_pass } => {
             let memory_rows = memory_rows.map(|n| n as usize);
-            match run(&RunOptions { config, as_of, out, strict, memory_rows, discard_invoices: true, ..Default::default() }) {
+            match run(&RunOptions { config, as_of, out, strict, memory_rows, one_pass, discard_invoices: true, ..Default::default() }) {
                 Ok(r) => {
                     if let Some(path) = &timings {
                         let mut b = serde_json::to_vec_pretty(&r.timings).expect("json");
@@ -277,7 +282,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Test { paths, bless, memory_rows } => {
-            let (_, failed) = billrun::scenario::run_scenarios_with(&paths, bless, memory_rows.map(|n| n as usize));
+            let mode = billrun::scenario::Mode { memory_rows: memory_rows.map(|n| n as usize), one_pass: false };
+            let (_, failed) = billrun::scenario::run_scenarios_with(&paths, bless, mode);
             if failed > 0 {
                 ExitCode::from(1)
             } else {

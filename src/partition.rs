@@ -66,6 +66,20 @@ struct Spill {
     rows: Vec<usize>,
 }
 
+/// `batch` with its rows' arrival numbers (`__seq`) from `first` on, as the last column.
+pub fn numbered(batch: RecordBatch, first: u64) -> Result<RecordBatch, PartitionError> {
+    let n = batch.num_rows() as u64;
+    if first + n > u32::MAX as u64 {
+        return Err(PartitionError::TooMany);
+    }
+    let seq: ArrayRef = Arc::new(UInt32Array::from_iter_values(first as u32..(first + n) as u32));
+    let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(SEQ, DataType::UInt32, false)));
+    let mut cols = batch.columns().to_vec();
+    cols.push(seq);
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(|e| PartitionError::Arrow { dir: "memory".into(), source: e })
+}
+
 /// Takes batches in arrival order; gives back partitions of whole account groups.
 pub struct Partitioner<'a> {
     assigner: &'a Assigner<'a>,
@@ -110,18 +124,25 @@ impl<'a> Partitioner<'a> {
         }
     }
 
-    fn try_push(&mut self, batch: RecordBatch) -> Result<(), PartitionError> {
-        let n = batch.num_rows() as u64;
-        if self.next_seq + n > u32::MAX as u64 {
-            return Err(PartitionError::TooMany);
+    /// Take one batch that already has its arrival numbers (`__seq`, see [`numbered`]), e.g. a
+    /// part of a batch another path numbered (`twopass.rs`).
+    pub fn push_numbered(&mut self, batch: RecordBatch) {
+        if self.error.is_some() || batch.num_rows() == 0 {
+            return;
         }
-        let seq: ArrayRef = Arc::new(UInt32Array::from_iter_values(self.next_seq as u32..(self.next_seq + n) as u32));
-        self.next_seq += n;
-        let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
-        fields.push(Arc::new(Field::new(SEQ, DataType::UInt32, false)));
-        let mut cols = batch.columns().to_vec();
-        cols.push(seq);
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(|e| self.arrow(e))?;
+        self.next_seq += batch.num_rows() as u64;
+        if let Err(e) = self.take(batch) {
+            self.error = Some(e);
+        }
+    }
+
+    fn try_push(&mut self, batch: RecordBatch) -> Result<(), PartitionError> {
+        let batch = numbered(batch, self.next_seq)?;
+        self.next_seq += batch.num_rows() as u64;
+        self.take(batch)
+    }
+
+    fn take(&mut self, batch: RecordBatch) -> Result<(), PartitionError> {
         if self.spill.is_none() {
             self.held_rows += batch.num_rows();
             self.held.push(batch);

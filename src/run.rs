@@ -18,7 +18,7 @@ use crate::config::{self, Config, ConfigError};
 use crate::cycles::day_start;
 use crate::diag::Diagnostics;
 use crate::frame::{self, RAW_ATTRS};
-use crate::ingest::{self, Reason, Usage, REASON};
+use crate::ingest::{self, Reason, REASON};
 use crate::invoice::{build_invoices, BuiltInvoice};
 use crate::ledger::{self, Ledger};
 use crate::lineitems::LineItemRow;
@@ -30,7 +30,7 @@ use billrun_connectors::file::BadRecord;
 use billrun_connectors::s3::S3Store;
 use billrun_connectors::schema::{ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
 use billrun_connectors::store::{Created, LocalStore, Store};
-use billrun_connectors::{read_source_into, ReadWindow};
+use billrun_connectors::{read_source_into, ReadWindow, SourceConfig};
 
 pub const MANIFEST: &str = "manifest.json";
 /// The manifest's key for the stage timings and peak memory of the run that wrote it; the
@@ -63,6 +63,9 @@ pub struct RunOptions {
     /// rendered and its line items taken, rather than all held until the run returns (the CLI
     /// needs only the counts; 100 000 trees are ~2 GB).
     pub discard_invoices: bool,
+    /// Read every source once, partitioned by account (src/partition.rs), even where the
+    /// two-pass path (src/twopass.rs) could be taken.
+    pub one_pass: bool,
 }
 
 /// Everything a run produced, in memory.
@@ -91,7 +94,8 @@ pub struct RunReport {
 /// (of the run that wrote the manifest: a re-run with the same result keeps it byte for byte).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Timings {
-    /// load (config, catalog, windows) · read (sources → Arrow) · frame (Arrow → polars) · ingest
+    /// load (config, catalog, windows) · keys (the two-pass path's first pass: which event ids
+    /// repeat, src/twopass.rs) · read (sources → Arrow) · frame (Arrow → polars) · ingest
     /// (reject reasons, dedup, accounts, windows, enrichments) · meter (meter columns, usage
     /// group-by, rejected rows) · rate (invoices) · settle (store, lock, ledger, settlement) ·
     /// render (invoice files) · rejects (rejects.ndjson) · line_items · write (the store, up to
@@ -198,6 +202,10 @@ pub enum RunError {
     LineItems(#[from] crate::lineitems::LineItemsError),
     #[error("{0}")]
     Partition(#[from] crate::partition::PartitionError),
+    #[error("finding repeated event ids: {0}")]
+    Keys(arrow::error::ArrowError),
+    #[error("source `{name}` changed while it was read (its files differ between the two passes); run again")]
+    SourceChanged { name: String },
     #[error("{0}")]
     Bundle(#[from] crate::bundle::BundleError),
     #[error("another run is writing this store: {0}")]
@@ -434,79 +442,100 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     for s in cfg.sources.iter().filter(|s| s.pushdown().is_some()) {
         pushed.push(rt.block_on(crate::pushdown::pushdown(s, &cat, &windows, as_of_us, &window))?);
     }
-    // the other sources stream into the partitioner (src/partition.rs): past `memory_rows`
-    // events, by account group into spill files, so memory follows a partition
+    drop(pb);
+    // the other sources: read twice, in chunks of arrival (src/twopass.rs), or once into the
+    // partitioner (src/partition.rs), which past `memory_rows` events spills them by account
+    // group so that memory follows a partition
     let corrections = match &cfg.corrections {
         Some(p) if !opts.no_corrections => crate::corrections::load(p)?,
         _ => Vec::new(),
     };
     let assigner = Assigner::new(&cat, &windows);
     let memory_rows = opts.memory_rows.or(cfg.memory_rows).unwrap_or(crate::partition::DEFAULT_MEMORY_ROWS);
-    let mut parts = Partitioner::new(&assigner, memory_rows);
+    let local: Vec<&SourceConfig> = cfg.sources.iter().filter(|s| s.pushdown().is_none()).collect();
+    let keys = if !opts.one_pass && crate::twopass::eligible(local.iter().copied(), !corrections.is_empty()) {
+        let keys = first_pass(&rt, &local, &window, &assigner)?;
+        timings.lap("keys", &mut lap);
+        // what fits in memory is read again whole: one partition, no chunks to merge
+        Some(keys).filter(|k| k.rows > memory_rows as u64)
+    } else {
+        None
+    };
     let mut presence = crate::corrections::Presence::new(&corrections);
-    for s in cfg.sources.iter().filter(|s| s.pushdown().is_none()) {
-        let before = parts.rows();
-        let out = rt.block_on(read_source_into(s, &window, &mut |b| {
-            presence.note(&b);
-            parts.push(b);
-        }))?;
-        tracing::info!(source = %s.name(), files = out.files.len(), rows = parts.rows() - before, bad = out.bad_records.len(), "source read");
-        bad.extend(out.bad_records);
-    }
-    let originals = parts.rows();
-    if !corrections.is_empty() {
-        let extra = crate::corrections::payloads(&corrections)?;
-        for b in extra.batches {
-            parts.push(b);
-        }
-        bad.extend(extra.bad_records);
-    }
-    let partitions = parts.finish()?;
-    drop(pb);
-    timings.lap("read", &mut lap);
-    crate::faults::point("reading");
-
-    let pb = progress("ingesting and metering");
-    let plan = crate::corrections::plan(&corrections, &presence);
-    let mut usage = Usage::new();
-    let mut rejects = Vec::new();
-    let (mut counts, mut events_read, mut events_used, mut used_by_window) = (BTreeMap::new(), 0u64, 0u64, BTreeMap::new());
-    let mut meter_ids = Vec::new();
-    let n_parts = partitions.parts.len();
-    let (outs, split) = ingest_partitions(partitions, memory_rows, &|batches| {
+    let plan = std::sync::OnceLock::new();
+    let originals = std::sync::atomic::AtomicU64::new(0);
+    let work = |batches: Vec<arrow::array::RecordBatch>, dedup: bool| {
         let t = Instant::now();
         let frame = frame::build(&batches)?;
         drop(batches);
-        let frame = crate::corrections::apply(frame, &plan, originals)?;
+        let frame = crate::corrections::apply(
+            frame,
+            plan.get().expect("planned after reading"),
+            originals.load(std::sync::atomic::Ordering::Relaxed),
+        )?;
         let framed = t.elapsed().as_secs_f64();
-        let out = ingest::ingest(frame, &cat, &windows, &assigner, as_of_us)?;
+        let out = ingest::ingest(frame, &cat, &windows, &assigner, as_of_us, dedup)?;
         Ok((out, framed))
-    })?;
-    // partitions ran two at a time: the phase's wall time is split between its stages in
-    // proportion to the time each took on its thread
-    let wall = lap.elapsed().as_secs_f64();
-    let thread_total = split.0 + split.1 + split.2;
-    let share = |x: f64| if thread_total > 0.0 { wall * x / thread_total } else { 0.0 };
-    timings.add("frame", share(split.0));
-    timings.add("ingest", share(split.1));
-    timings.add("meter", share(split.2));
-    lap = Instant::now();
-    for out in outs {
-        for (k, v) in out.usage {
-            let prev = usage.insert(k, v);
-            debug_assert!(prev.is_none(), "a window's usage came from two partitions");
+    };
+    let outs = match keys {
+        Some(keys) => {
+            let _ = plan.set(crate::corrections::plan(&corrections, &presence));
+            let (outs, rows) = read_two_pass(&rt, &local, &window, &assigner, keys, memory_rows, &work, &mut bad, &mut timings, &mut lap)?;
+            originals.store(rows, std::sync::atomic::Ordering::Relaxed);
+            outs
         }
+        None => {
+            let pb = progress("reading sources");
+            let mut parts = Partitioner::new(&assigner, memory_rows);
+            for s in &local {
+                let before = parts.rows();
+                let out = rt.block_on(read_source_into(s, &window, &mut |b| {
+                    presence.note(&b);
+                    parts.push(b);
+                }))?;
+                tracing::info!(source = %s.name(), files = out.files.len(), rows = parts.rows() - before, bad = out.bad_records.len(), "source read");
+                bad.extend(out.bad_records);
+            }
+            originals.store(parts.rows(), std::sync::atomic::Ordering::Relaxed);
+            if !corrections.is_empty() {
+                let extra = crate::corrections::payloads(&corrections)?;
+                for b in extra.batches {
+                    parts.push(b);
+                }
+                bad.extend(extra.bad_records);
+            }
+            let partitions = parts.finish()?;
+            drop(pb);
+            timings.lap("read", &mut lap);
+            let _ = plan.set(crate::corrections::plan(&corrections, &presence));
+            ingest_in_partitions(partitions, memory_rows, &work, &mut timings, &mut lap)?
+        }
+    };
+    let plan = plan.into_inner().expect("planned");
+    crate::faults::point("reading");
+
+    let pb = progress("merging usage");
+    let mut parts = ingest::PartialUsage::new();
+    let mut rejects = Vec::new();
+    let (mut counts, mut events_read, mut events_used, mut used_by_window) = (BTreeMap::new(), 0u64, 0u64, BTreeMap::new());
+    let mut meter_ids = Vec::new();
+    let n_parts = outs.len();
+    for out in outs {
+        ingest::merge(&mut parts, out.usage)?;
         rejects.push(out.rejects);
         for (r, n) in out.counts {
             *counts.entry(r).or_insert(0) += n;
         }
         events_read += out.events_read;
         events_used += out.events_used;
-        used_by_window.extend(out.used_by_window);
+        for (w, n) in out.used_by_window {
+            *used_by_window.entry(w).or_insert(0) += n;
+        }
         meter_ids = out.meter_ids;
     }
+    let mut usage = ingest::finish(parts)?;
     if n_parts > 1 {
-        tracing::info!(partitions = n_parts, "ingested by partition");
+        tracing::info!(parts = n_parts, "ingested in parts");
     }
     let rejects = crate::partition::stack(rejects)?;
     let corrected = plan.applied;
@@ -550,8 +579,222 @@ const RENDER_CHUNK: usize = 2048;
 /// Objects to write: (store key, bytes).
 type Files = Vec<(String, Vec<u8>)>;
 
-/// What ingests one partition's batches: its output and the seconds spent framing them.
-type PartitionWork<'a> = dyn Fn(Vec<arrow::array::RecordBatch>) -> Result<(ingest::IngestOutput, f64), RunError> + Sync + 'a;
+/// What ingests one part of the input (with dedup, or for rows known to have keys of their
+/// own without): its output and the seconds spent framing it.
+type PartitionWork<'a> = dyn Fn(Vec<arrow::array::RecordBatch>, bool) -> Result<(ingest::IngestOutput, f64), RunError> + Sync + 'a;
+
+/// The first pass of the two-pass path: which dedup keys repeat, and what was read.
+struct Keys {
+    repeated: crate::twopass::Repeated,
+    rows: u64,
+    /// Per source, the files read: the second pass must read the same.
+    files: Vec<Vec<billrun_connectors::SourceFile>>,
+}
+
+fn first_pass(rt: &tokio::runtime::Runtime, local: &[&SourceConfig], window: &ReadWindow, assigner: &Assigner) -> Result<Keys, RunError> {
+    let pb = progress("finding repeated event ids");
+    let mut scan = crate::twopass::KeyScan::new(assigner);
+    let mut failed = None;
+    let mut files = Vec::new();
+    for s in local {
+        let out = rt.block_on(read_source_into(&crate::twopass::keys_only(s), window, &mut |b| {
+            if failed.is_none() {
+                failed = scan.push(&b).err();
+            }
+        }))?;
+        files.push(out.files);
+    }
+    if let Some(e) = failed {
+        return Err(RunError::Keys(e));
+    }
+    let rows = scan.rows();
+    let repeated = scan.finish();
+    drop(pb);
+    tracing::info!(rows, repeated = repeated.len(), "first pass: event ids whose (account, id) key may repeat");
+    Ok(Keys { repeated, rows, files })
+}
+
+/// The second pass (src/twopass.rs): every source read again in arrival order; the rows whose
+/// key is their own are ingested without dedup in chunks of about `memory_rows`, one at a time
+/// on a thread of its own while the next is read; the others go through the partitioner and are
+/// ingested with dedup. Returns the parts' outputs and the rows read.
+#[allow(clippy::too_many_arguments)]
+fn read_two_pass(
+    rt: &tokio::runtime::Runtime,
+    local: &[&SourceConfig],
+    window: &ReadWindow,
+    assigner: &Assigner,
+    keys: Keys,
+    memory_rows: usize,
+    work: &PartitionWork<'_>,
+    bad: &mut Vec<BadRecord>,
+    timings: &mut Timings,
+    lap: &mut Instant,
+) -> Result<(Vec<ingest::IngestOutput>, u64), RunError> {
+    use arrow::array::RecordBatch;
+    /// What the read callback holds.
+    struct Reading<'a> {
+        assigner: &'a Assigner<'a>,
+        repeated: &'a crate::twopass::Repeated,
+        memory_rows: usize,
+        next_seq: u64,
+        chunk: Vec<RecordBatch>,
+        chunk_rows: usize,
+        aside: Partitioner<'a>,
+        /// To the ingest thread; dropped when the reading ends.
+        tx: Option<std::sync::mpsc::SyncSender<Vec<RecordBatch>>>,
+        /// Time spent waiting for the ingest thread to take a chunk.
+        blocked: std::time::Duration,
+        failed: Option<RunError>,
+    }
+    impl Reading<'_> {
+        fn take(&mut self, b: RecordBatch) {
+            if self.failed.is_some() || b.num_rows() == 0 {
+                return;
+            }
+            let r = crate::partition::numbered(b, self.next_seq).map_err(RunError::from).and_then(|b| {
+                self.next_seq += b.num_rows() as u64;
+                self.repeated.split(self.assigner, &b).map_err(RunError::Keys)
+            });
+            match r {
+                Ok((mut own, shared)) => {
+                    self.aside.push_numbered(shared);
+                    // chunks of exactly `memory_rows` (the last one fewer), of slices that
+                    // share the batch's buffers
+                    while own.num_rows() > 0 {
+                        let n = (self.memory_rows - self.chunk_rows).min(own.num_rows());
+                        self.chunk.push(own.slice(0, n));
+                        self.chunk_rows += n;
+                        own = own.slice(n, own.num_rows() - n);
+                        if self.chunk_rows >= self.memory_rows {
+                            self.send();
+                        }
+                    }
+                }
+                Err(e) => self.failed = Some(e),
+            }
+        }
+        fn send(&mut self) {
+            let t = Instant::now();
+            self.chunk_rows = 0;
+            let chunk = std::mem::take(&mut self.chunk);
+            // the ingest thread stops taking chunks only after an error, which it reports
+            if let Some(tx) = &self.tx {
+                let _ = tx.send(chunk);
+            }
+            self.blocked += t.elapsed();
+        }
+    }
+
+    let pb = progress("reading and ingesting");
+    let Keys { repeated, files, .. } = keys;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<RecordBatch>>(1);
+    let mut reading = Reading {
+        assigner,
+        repeated: &repeated,
+        memory_rows,
+        next_seq: 0,
+        chunk: Vec::new(),
+        chunk_rows: 0,
+        aside: Partitioner::new(assigner, memory_rows),
+        tx: Some(tx),
+        blocked: std::time::Duration::ZERO,
+        failed: None,
+    };
+    let start = Instant::now();
+    type Chunked = (Vec<ingest::IngestOutput>, Option<RunError>, (f64, f64, f64));
+    let ((outs, failed, split), read_seconds) = std::thread::scope(|sc| -> Result<(Chunked, f64), RunError> {
+        let ingesting = sc.spawn(move || {
+            let (mut outs, mut failed, mut split) = (Vec::new(), None, (0.0, 0.0, 0.0));
+            for chunk in rx {
+                if failed.is_some() {
+                    continue;
+                }
+                let t = Instant::now();
+                match work(chunk, false) {
+                    Ok((out, framed)) => {
+                        let total = t.elapsed().as_secs_f64();
+                        split.0 += framed;
+                        split.1 += total - framed - out.meter_seconds;
+                        split.2 += out.meter_seconds;
+                        outs.push(out);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            (outs, failed, split)
+        });
+        for (s, listed) in local.iter().zip(&files) {
+            let before = reading.next_seq;
+            let r = &mut reading;
+            let out = rt.block_on(read_source_into(s, window, &mut move |b| r.take(b)));
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => {
+                    reading.failed.get_or_insert(e.into());
+                    break;
+                }
+            };
+            if out.files != *listed {
+                reading.failed.get_or_insert(RunError::SourceChanged { name: s.name().to_string() });
+                break;
+            }
+            tracing::info!(source = %s.name(), files = out.files.len(), rows = reading.next_seq - before, bad = out.bad_records.len(), "source read");
+            bad.extend(out.bad_records);
+        }
+        if !reading.chunk.is_empty() && reading.failed.is_none() {
+            reading.send();
+        }
+        let read_seconds = (start.elapsed() - reading.blocked).as_secs_f64();
+        // the ingest thread ends with the channel
+        reading.tx = None;
+        Ok((ingesting.join().expect("the ingest thread does not panic"), read_seconds))
+    })?;
+    if let Some(e) = reading.failed.take().or(failed) {
+        return Err(e);
+    }
+    let rows = reading.next_seq;
+    drop(pb);
+    // reading and ingesting ran side by side: the phase's wall time is split between its stages
+    // in proportion to the time each took on its thread
+    let wall = lap.elapsed().as_secs_f64();
+    let total = read_seconds + split.0 + split.1 + split.2;
+    let share = |x: f64| if total > 0.0 { wall * x / total } else { 0.0 };
+    timings.add("read", share(read_seconds));
+    timings.add("frame", share(split.0));
+    timings.add("ingest", share(split.1));
+    timings.add("meter", share(split.2));
+    *lap = Instant::now();
+    let mut outs = outs;
+    if reading.aside.rows() > 0 {
+        let aside = reading.aside.finish()?;
+        outs.extend(ingest_in_partitions(aside, memory_rows, work, timings, lap)?);
+    }
+    Ok((outs, rows))
+}
+
+/// [`ingest_partitions`] with the phase's stage timings.
+fn ingest_in_partitions(
+    partitions: crate::partition::Partitions,
+    memory_rows: usize,
+    work: &PartitionWork<'_>,
+    timings: &mut Timings,
+    lap: &mut Instant,
+) -> Result<Vec<ingest::IngestOutput>, RunError> {
+    let pb = progress("ingesting and metering");
+    let (outs, split) = ingest_partitions(partitions, memory_rows, work)?;
+    drop(pb);
+    // partitions ran two at a time: the phase's wall time is split between its stages in
+    // proportion to the time each took on its thread
+    let wall = lap.elapsed().as_secs_f64();
+    let thread_total = split.0 + split.1 + split.2;
+    let share = |x: f64| if thread_total > 0.0 { wall * x / thread_total } else { 0.0 };
+    timings.add("frame", share(split.0));
+    timings.add("ingest", share(split.1));
+    timings.add("meter", share(split.2));
+    *lap = Instant::now();
+    Ok(outs)
+}
 
 /// The partitions' outputs in partition order, and the threads' seconds in (frame, ingest, meter).
 type Ingested = (Vec<ingest::IngestOutput>, (f64, f64, f64));
@@ -592,7 +835,7 @@ fn ingest_partitions(
             *used += rows;
         }
         let t = Instant::now();
-        let r = part.take(&dir).map_err(RunError::from).and_then(work);
+        let r = part.take(&dir).map_err(RunError::from).and_then(|batches| work(batches, true));
         drop(part);
         let r = r.map(|(out, framed)| {
             let total = t.elapsed().as_secs_f64();

@@ -402,8 +402,18 @@ fn diff(name: &str, expected: &str, got: &str) -> String {
     s
 }
 
+/// How the scenarios' inputs are read: the outputs must not depend on it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mode {
+    /// Events in memory at once (1 splits every input: in chunks of arrival where files are
+    /// read twice, else by account into spill files).
+    pub memory_rows: Option<usize>,
+    /// Every source read once (partitioned by account past `memory_rows`).
+    pub one_pass: bool,
+}
+
 /// Run one scenario; `Ok(problems)` (empty when it passes).
-pub fn check_scenario(dir: &Path, bless: bool, memory_rows: Option<usize>) -> Result<Vec<String>, String> {
+pub fn check_scenario(dir: &Path, bless: bool, mode: Mode) -> Result<Vec<String>, String> {
     let out =
         std::env::temp_dir().join(format!("billrun-test-{}-{}", std::process::id(), crate::run::safe_segment(&dir.display().to_string())));
     let _ = std::fs::remove_dir_all(&out);
@@ -417,7 +427,9 @@ pub fn check_scenario(dir: &Path, bless: bool, memory_rows: Option<usize>) -> Re
     };
     let mut reports = Vec::new();
     for as_of in dates {
-        let opts = RunOptions { config: dir.join("billrun.toml"), out: Some(out.clone()), as_of, memory_rows, ..Default::default() };
+        let (memory_rows, one_pass) = (mode.memory_rows, mode.one_pass);
+        let opts =
+            RunOptions { config: dir.join("billrun.toml"), out: Some(out.clone()), as_of, memory_rows, one_pass, ..Default::default() };
         reports.push(run(&opts).map_err(|e| e.to_string())?);
     }
     let mut problems = Vec::new();
@@ -472,11 +484,11 @@ type Outcome = Result<Vec<String>, String>;
 /// Run scenarios, in parallel (one per core), print a report per failure in folder order and the
 /// closing line; returns (passed, failed).
 pub fn run_scenarios(paths: &[PathBuf], bless: bool) -> (usize, usize) {
-    run_scenarios_with(paths, bless, None)
+    run_scenarios_with(paths, bless, Mode::default())
 }
 
-/// [`run_scenarios`] with at most `memory_rows` events in memory at once (the partitioned path).
-pub fn run_scenarios_with(paths: &[PathBuf], bless: bool, memory_rows: Option<usize>) -> (usize, usize) {
+/// [`run_scenarios`] with the inputs read another way ([`Mode`]).
+pub fn run_scenarios_with(paths: &[PathBuf], bless: bool, mode: Mode) -> (usize, usize) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let dirs = discover(paths);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, dirs.len().max(1));
@@ -487,7 +499,7 @@ pub fn run_scenarios_with(paths: &[PathBuf], bless: bool, memory_rows: Option<us
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(d) = dirs.get(i) else { break };
-                let r = check_scenario(d, bless, memory_rows);
+                let r = check_scenario(d, bless, mode);
                 results.lock().expect("no panic while holding it")[i] = Some(r);
             });
         }

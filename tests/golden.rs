@@ -1,17 +1,23 @@
 //! The golden-fixture harness: every scenario folder under fixtures/ is run through the real
 //! pipeline and compared with its expected/ outputs and its hand-computed hand.toml.
 //! `BILLRUN_BLESS=1 cargo test --test golden` rewrites expected/ (hand.toml is still checked).
-//! Every scenario runs twice: as configured, and with its input partitioned by account.
+//! Every scenario runs three times: as configured, and with its input split (in chunks of
+//! arrival where files are read twice, and partitioned by account).
 
 fn main() {
     let bless = std::env::var("BILLRUN_BLESS").is_ok_and(|v| v == "1");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let (_, failed) = billrun::scenario::run_scenarios(&[root.clone()], bless);
-    // and again with every input partitioned by account (one event in memory at once): the
-    // outputs must be the same files, byte for byte
-    eprintln!("-- again, partitioned (memory_rows = 1)");
-    let (_, failed_partitioned) = billrun::scenario::run_scenarios_with(&[root], false, Some(1));
-    if failed + failed_partitioned > 0 {
+    // and again with one event in memory at once, which splits every input: files read twice
+    // and ingested in chunks of arrival (src/twopass.rs) where a scenario allows it, and read
+    // once and partitioned by account (src/partition.rs); the outputs must be the same files,
+    // byte for byte
+    use billrun::scenario::Mode;
+    eprintln!("-- again, in chunks where files are read twice (memory_rows = 1)");
+    let (_, failed_chunked) = billrun::scenario::run_scenarios_with(&[root.clone()], false, Mode { memory_rows: Some(1), one_pass: false });
+    eprintln!("-- again, every input read once and partitioned by account (memory_rows = 1)");
+    let (_, failed_partitioned) = billrun::scenario::run_scenarios_with(&[root], false, Mode { memory_rows: Some(1), one_pass: true });
+    if failed + failed_chunked + failed_partitioned > 0 {
         std::process::exit(1);
     }
 }
