@@ -98,7 +98,7 @@ fn main() {
             "round {round}: postgres → arrow {n} rows in {read_s:.3} s = {:.2} M rows/s | local meter (read + ingest) {local_s:.3} s | pushed-down meter {push_s:.3} s",
             n as f64 / read_s / 1e6
         );
-        local_usage = Some((ingest::finish(ing.usage).expect("usage"), ing.events_used));
+        local_usage = Some((ing.usage.finish().expect("usage"), ing.events_used));
         pushed_usage = Some((p.usage, p.events_used));
     }
     assert_eq!(local_usage, pushed_usage, "the two paths must give the same usage table");

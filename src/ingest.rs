@@ -15,6 +15,7 @@ use crate::catalog::{Aggregation, Catalog};
 use crate::frame::{EventFrame, BAD_ATTR, SEQ};
 use crate::meter::{compile_meter, enrichment_column, CompiledMeter};
 use crate::numeric;
+use crate::usage::{Partial, PartialUsage};
 use crate::windows::Window;
 use billrun_connectors::schema::{ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
 
@@ -87,99 +88,6 @@ pub const WINDOW: &str = "__window";
 /// `feature_meter_id(feature, schema)` (all of the window) and that id + [`VALID_SUFFIX`] (the part
 /// inside the window's feature-credit validity).
 pub type Usage = BTreeMap<(u32, String), Decimal>;
-
-/// One (window, meter) entry of the usage of a part of the input, in the form that combines
-/// with another part's entry for the same key ([`merge`]); [`finish`] gives the usage table.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Partial {
-    /// COUNT and SUM (and features' consumption): parts add up.
-    Sum(Decimal),
-    Max(Decimal),
-    Min(Decimal),
-    /// AVERAGE: the sum of the units and the number of events it is over.
-    Average {
-        sum: Decimal,
-        n: u64,
-    },
-    /// UNIQUE_COUNT: the distinct values (text, numbers in their shortest spelling).
-    Distinct(std::collections::BTreeSet<String>),
-    /// LATEST: the value of the last event, and where that event is in (timestamp, ingested-at
-    /// with none first, arrival number) order.
-    Latest {
-        value: Decimal,
-        at: (i64, Option<i64>, u64),
-    },
-}
-
-/// The usage of a part of the input: (window, meter) → [`Partial`].
-pub type PartialUsage = BTreeMap<(u32, String), Partial>;
-
-/// Add `from`'s entries into `into`.
-pub fn merge(into: &mut PartialUsage, from: PartialUsage) -> Result<(), IngestError> {
-    use std::collections::btree_map::Entry;
-    for (key, b) in from {
-        match into.entry(key) {
-            Entry::Vacant(v) => {
-                v.insert(b);
-            }
-            Entry::Occupied(mut o) => {
-                // Some(fits) when the two combine
-                let combined = match (o.get_mut(), b) {
-                    (Partial::Sum(a), Partial::Sum(b)) => Some(a.checked_add(b).map(|v| *a = v).is_some()),
-                    (Partial::Max(a), Partial::Max(b)) => {
-                        *a = (*a).max(b);
-                        Some(true)
-                    }
-                    (Partial::Min(a), Partial::Min(b)) => {
-                        *a = (*a).min(b);
-                        Some(true)
-                    }
-                    (Partial::Average { sum, n }, Partial::Average { sum: s, n: m }) => {
-                        *n += m;
-                        Some(sum.checked_add(s).map(|v| *sum = v).is_some())
-                    }
-                    (Partial::Distinct(a), Partial::Distinct(b)) => {
-                        a.extend(b);
-                        Some(true)
-                    }
-                    (Partial::Latest { value, at }, Partial::Latest { value: v, at: t }) => {
-                        if t > *at {
-                            (*value, *at) = (v, t);
-                        }
-                        Some(true)
-                    }
-                    _ => None,
-                };
-                let (window, meter) = (o.key().0, || o.key().1.clone());
-                match combined {
-                    Some(true) => {}
-                    Some(false) => return Err(IngestError::Overflow { meter: meter(), window }),
-                    None => return Err(IngestError::Unmergeable { meter: meter(), window }),
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The usage table of the merged parts: an average is divided out (4 dp, half up, as one
-/// part's would be) and every quantity is in its shortest exact spelling.
-pub fn finish(parts: PartialUsage) -> Result<Usage, IngestError> {
-    let mut usage = Usage::new();
-    for ((w, meter), p) in parts {
-        let v = match p {
-            Partial::Sum(v) | Partial::Max(v) | Partial::Min(v) | Partial::Latest { value: v, .. } => v.normalize(),
-            Partial::Distinct(values) => Decimal::from(values.len()),
-            Partial::Average { sum, n } => {
-                let overflow = || IngestError::Overflow { meter: meter.clone(), window: w };
-                let avg = numeric::div4(sum.mantissa(), sum.scale(), n as i128, 0).ok_or_else(overflow)?;
-                numeric::to_decimal(avg, 4).ok_or_else(overflow)?
-            }
-        };
-        usage.insert((w, meter), v);
-    }
-    Ok(usage)
-}
 
 /// Suffix of the usage entry holding a feature's consumption inside its credit validity.
 pub const VALID_SUFFIX: &str = "@valid";
@@ -480,7 +388,10 @@ pub fn ingest(
     let used = df.clone().lazy().filter(col(REASON).eq(code(0)));
     aggs.push(len().cast(DataType::UInt64).alias("__events"));
     let agg = used.group_by([col(WINDOW)]).agg(aggs).collect()?;
-    let mut usage = PartialUsage::new();
+    // slots: the compiled meters, then the features' consumption inside their credit validity
+    let slots =
+        compiled.iter().map(|m| m.meter_id.clone()).chain(compiled[n_meters..].iter().map(|m| format!("{}{VALID_SUFFIX}", m.meter_id)));
+    let mut usage = PartialUsage::new(slots.collect());
     let mut used_by_window = BTreeMap::new();
     {
         let wins = agg.column(WINDOW)?.u32()?.clone();
@@ -510,7 +421,7 @@ pub fn ingest(
                                 }
                             }
                         }
-                        Some(Partial::Distinct(set))
+                        Some(Partial::Distinct(Box::new(set)))
                     }
                     Aggregation::Sum => exact(q.decimal()?.physical().get(row))?.map(Partial::Sum),
                     Aggregation::Max => exact(q.decimal()?.physical().get(row))?.map(Partial::Max),
@@ -521,7 +432,7 @@ pub fn ingest(
                             let ts = agg.column(&format!("__lt_{i}"))?.i64()?.get(row).unwrap_or(i64::MIN);
                             let ingested = agg.column(&format!("__li_{i}"))?.i64()?.get(row);
                             let seq = agg.column(&format!("__ls_{i}"))?.idx()?.get(row).unwrap_or(0);
-                            Some(Partial::Latest { value, at: (ts, ingested, seq as u64) })
+                            Some(Partial::Latest(Box::new((value, (ts, ingested, seq as u64)))))
                         }
                     },
                     Aggregation::Average => {
@@ -533,17 +444,18 @@ pub fn ingest(
                     }
                 };
                 if let Some(v) = value {
-                    usage.insert((w, m.meter_id.clone()), v);
+                    usage.push(w, i, v);
                 }
                 if i >= n_meters {
                     if let Some(v) = exact(agg.column(&format!("__qv_{i}"))?.decimal()?.physical().get(row))? {
-                        usage.insert((w, format!("{}{VALID_SUFFIX}", m.meter_id)), Partial::Sum(v));
+                        usage.push(w, compiled.len() + i - n_meters, Partial::Sum(v));
                     }
                 }
             }
         }
     }
 
+    usage.sort();
     let rejects = compact(df.lazy().filter(col(REASON).neq(code(0))).sort([SEQ], SortMultipleOptions::default()).collect()?)?;
     let mut counts = BTreeMap::new();
     for c in rejects.column(REASON)?.u32()?.iter().flatten() {
@@ -556,74 +468,4 @@ pub fn ingest(
     let events_used = used_by_window.values().sum();
     let meter_seconds = meter_start.elapsed().as_secs_f64();
     Ok(IngestOutput { usage, meter_ids, rejects, counts, events_read, events_used, used_by_window, meter_seconds })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn d(s: &str) -> Decimal {
-        s.parse().unwrap()
-    }
-
-    fn parts(entries: &[(u32, &str, Partial)]) -> PartialUsage {
-        entries.iter().map(|(w, m, p)| ((*w, m.to_string()), p.clone())).collect()
-    }
-
-    /// Parts of the input combine as the whole would have: sums and counts add, extremes
-    /// compare, an average divides the summed units by the summed events once at the end
-    /// (4 dp, half up), and quantities come out in their shortest spelling.
-    #[test]
-    fn parts_combine_as_the_whole() {
-        let mut usage = parts(&[
-            (1, "sum", Partial::Sum(d("1.50"))),
-            (1, "max", Partial::Max(d("7"))),
-            (1, "min", Partial::Min(d("2"))),
-            (1, "avg", Partial::Average { sum: d("1"), n: 1 }),
-            (1, "uniq", Partial::Distinct(["1.5".to_string(), "2".to_string()].into())),
-            // a later timestamp wins over a later arrival; at one timestamp, an ingested-at
-            // wins over none
-            (1, "latest", Partial::Latest { value: d("8"), at: (11, None, 3) }),
-            (2, "latest", Partial::Latest { value: d("1"), at: (5, Some(1), 1) }),
-            (2, "only-first", Partial::Sum(d("0"))),
-        ]);
-        let second = parts(&[
-            (1, "sum", Partial::Sum(d("2.5"))),
-            (1, "max", Partial::Max(d("7.5"))),
-            (1, "min", Partial::Min(d("3"))),
-            (1, "avg", Partial::Average { sum: d("1"), n: 2 }),
-            (1, "uniq", Partial::Distinct(["1.5".to_string(), "a".to_string()].into())),
-            (1, "latest", Partial::Latest { value: d("9"), at: (10, None, 7) }),
-            (3, "only-second", Partial::Latest { value: d("4.00"), at: (0, None, 0) }),
-        ]);
-        merge(&mut usage, second).unwrap();
-        let usage = finish(usage).unwrap();
-        let get = |w: u32, m: &str| usage[&(w, m.to_string())].to_string();
-        // 1.50 + 2.5 = 4, as one part's sum of the same events would read
-        assert_eq!(get(1, "sum"), "4");
-        assert_eq!(get(1, "max"), "7.5");
-        assert_eq!(get(1, "min"), "2");
-        // (1 + 1) / (1 + 2) = 0.6666… → 0.6667; the average of the parts' averages would be 0.75
-        assert_eq!(get(1, "avg"), "0.6667");
-        assert_eq!(get(2, "only-first"), "0");
-        assert_eq!(get(3, "only-second"), "4");
-        assert_eq!(get(1, "uniq"), "3");
-        assert_eq!(get(1, "latest"), "8");
-        assert_eq!(usage.len(), 9);
-        let mut at_once = parts(&[(2, "latest", Partial::Latest { value: d("2"), at: (5, None, 9) })]);
-        merge(&mut at_once, parts(&[(2, "latest", Partial::Latest { value: d("1"), at: (5, Some(1), 1) })])).unwrap();
-        assert_eq!(finish(at_once).unwrap()[&(2, "latest".to_string())].to_string(), "1");
-    }
-
-    /// Entries of different kinds for one key do not combine (a bug, not a choice of one), nor
-    /// do sums past what a decimal holds.
-    #[test]
-    fn mismatched_or_overflowing_parts_are_errors() {
-        let mut usage = parts(&[(1, "m", Partial::Sum(d("3")))]);
-        let e = merge(&mut usage, parts(&[(1, "m", Partial::Max(d("2")))])).unwrap_err();
-        assert!(matches!(e, IngestError::Unmergeable { ref meter, window: 1 } if meter == "m"), "{e}");
-        let mut sums = parts(&[(1, "m", Partial::Sum(Decimal::MAX))]);
-        let e = merge(&mut sums, parts(&[(1, "m", Partial::Sum(Decimal::MAX))])).unwrap_err();
-        assert!(matches!(e, IngestError::Overflow { .. }), "{e}");
-    }
 }

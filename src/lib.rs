@@ -36,4 +36,5 @@ pub mod settle;
 pub mod simulate;
 pub mod spill;
 pub mod twopass;
+pub mod usage;
 pub mod windows;

@@ -515,13 +515,13 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     crate::faults::point("reading");
 
     let pb = progress("merging usage");
-    let mut parts = ingest::PartialUsage::new();
+    let mut parts = crate::usage::PartialUsage::default();
     let mut rejects = Vec::new();
     let (mut counts, mut events_read, mut events_used, mut used_by_window) = (BTreeMap::new(), 0u64, 0u64, BTreeMap::new());
     let mut meter_ids = Vec::new();
     let n_parts = outs.len();
     for out in outs {
-        ingest::merge(&mut parts, out.usage)?;
+        parts.merge(out.usage)?;
         rejects.push(out.rejects);
         for (r, n) in out.counts {
             *counts.entry(r).or_insert(0) += n;
@@ -533,7 +533,7 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
         }
         meter_ids = out.meter_ids;
     }
-    let mut usage = ingest::finish(parts)?;
+    let mut usage = parts.finish()?;
     if n_parts > 1 {
         tracing::info!(parts = n_parts, "ingested in parts");
     }
@@ -706,12 +706,18 @@ fn read_two_pass(
     let ((outs, failed, split), read_seconds) = std::thread::scope(|sc| -> Result<(Chunked, f64), RunError> {
         let ingesting = sc.spawn(move || {
             let (mut outs, mut failed, mut split) = (Vec::new(), None, (0.0, 0.0, 0.0));
+            // the chunks' usage, merged as they come (each chunk has an entry for most windows)
+            let mut usage = crate::usage::PartialUsage::default();
             for chunk in rx {
                 if failed.is_some() {
                     continue;
                 }
                 let t = Instant::now();
-                match work(chunk, false) {
+                let r = work(chunk, false).and_then(|(mut out, framed)| {
+                    usage.merge(std::mem::take(&mut out.usage))?;
+                    Ok((out, framed))
+                });
+                match r {
                     Ok((out, framed)) => {
                         let total = t.elapsed().as_secs_f64();
                         split.0 += framed;
@@ -721,6 +727,9 @@ fn read_two_pass(
                     }
                     Err(e) => failed = Some(e),
                 }
+            }
+            if let Some(first) = outs.first_mut() {
+                first.usage = usage;
             }
             (outs, failed, split)
         });

@@ -8,7 +8,7 @@
 //! hash occurs more than once are [`Repeated`]. A row whose hash is not repeated has a key no
 //! other row has: it is neither a duplicate nor has one. The second pass reads everything in
 //! arrival order and [`Repeated::split`]s each batch: the rows with keys of their own are
-//! ingested in chunks of arrival without dedup, their usage merged (`ingest::merge`); the others
+//! ingested in chunks of arrival without dedup, their usage merged (`usage.rs`); the others
 //! (every row of each repeated key, and a few more for colliding hashes) go through the one-pass
 //! path with its exact dedup. Results are the same as the one-pass path's: the golden fixtures
 //! run both ways.

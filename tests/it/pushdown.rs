@@ -267,7 +267,7 @@ fn both_paths(dir: &Path) -> (PushdownOutput, PushdownOutput) {
     let frame = billrun::frame::build(&out.batches).unwrap();
     let IngestOutput { usage, counts, events_read, events_used, used_by_window, .. } =
         ingest::ingest(frame, &cat, &windows, &billrun::assign::Assigner::new(&cat, &windows), as_of_us, true).unwrap();
-    let local = PushdownOutput { usage: ingest::finish(usage).unwrap(), counts, events_read, events_used, used_by_window };
+    let local = PushdownOutput { usage: usage.finish().unwrap(), counts, events_read, events_used, used_by_window };
     let t1 = std::time::Instant::now();
     let pushed = rt.block_on(pushdown(&source, &cat, &windows, as_of_us, &read)).unwrap();
     eprintln!("local path {:?}, pushdown {:?}", t1 - t0, t1.elapsed());
