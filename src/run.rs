@@ -703,7 +703,7 @@ fn read_two_pass(
     };
     let start = Instant::now();
     type Chunked = (Vec<ingest::IngestOutput>, Option<RunError>, (f64, f64, f64));
-    let ((outs, failed, split), read_seconds) = std::thread::scope(|sc| -> Result<(Chunked, f64), RunError> {
+    let ((outs, failed, split), read_seconds): (Chunked, f64) = std::thread::scope(|sc| {
         let ingesting = sc.spawn(move || {
             let (mut outs, mut failed, mut split) = (Vec::new(), None, (0.0, 0.0, 0.0));
             // the chunks' usage, merged as they come (each chunk has an entry for most windows)
@@ -757,8 +757,8 @@ fn read_two_pass(
         let read_seconds = (start.elapsed() - reading.blocked).as_secs_f64();
         // the ingest thread ends with the channel
         reading.tx = None;
-        Ok((ingesting.join().expect("the ingest thread does not panic"), read_seconds))
-    })?;
+        (ingesting.join().expect("the ingest thread does not panic"), read_seconds)
+    });
     if let Some(e) = reading.failed.take().or(failed) {
         return Err(e);
     }

@@ -28,10 +28,12 @@ pub enum Partial {
     },
     /// UNIQUE_COUNT: the distinct values (text, numbers in their shortest spelling).
     Distinct(Box<BTreeSet<String>>),
-    /// LATEST: the value of the last event, and where that event is in (timestamp, ingested-at
-    /// with none first, arrival number) order.
-    Latest(Box<(Decimal, (i64, Option<i64>, u64))>),
+    /// LATEST: the value of the last event, and where that event is in LATEST's order.
+    Latest(Box<(Decimal, Order)>),
 }
+
+/// Where an event is in LATEST's order: (timestamp, ingested-at with none first, arrival number).
+pub type Order = (i64, Option<i64>, u64);
 
 impl Partial {
     /// Fold `other` (the same key's entry of another part) into `self`: `Some(fits)`, or `None`
@@ -191,7 +193,7 @@ mod tests {
         Partial::Distinct(Box::new(v.iter().map(|s| s.to_string()).collect()))
     }
 
-    fn latest(v: &str, at: (i64, Option<i64>, u64)) -> Partial {
+    fn latest(v: &str, at: Order) -> Partial {
         Partial::Latest(Box::new((d(v), at)))
     }
 
