@@ -2,8 +2,10 @@
 //!
 //! Validity is a polars expression; first-arrival dedup, account and alias resolution at the
 //! event's time, schedule and cycle assignment and the grace period are one native pass
-//! (`assign.rs`); then the compiled meters (polars) and one group-by that yields the usage table
-//! (window × meter → quantity). Called once per partition of the input (`partition.rs`).
+//! (`assign.rs`); then the compiled meters (polars) and one group-by that yields this part's
+//! usage (window × meter, in the form that combines with other parts': `usage.rs`). Called once
+//! per partition of the input (`partition.rs`) or per chunk of arrival (`twopass.rs`, without
+//! dedup: its rows have keys of their own).
 
 use std::collections::BTreeMap;
 
