@@ -140,6 +140,17 @@ impl Timings {
         }
     }
 
+    /// Record stages that ran side by side (`(stage, seconds on its thread)`): the wall time
+    /// since `since` is split between them in proportion to their thread time; restart `since`.
+    fn lap_shared(&mut self, stages: &[(&'static str, f64)], since: &mut Instant) {
+        let wall = since.elapsed().as_secs_f64();
+        let total: f64 = stages.iter().map(|s| s.1).sum();
+        for (stage, x) in stages {
+            self.add(stage, if total > 0.0 { wall * x / total } else { 0.0 });
+        }
+        *since = Instant::now();
+    }
+
     fn add(&mut self, stage: &'static str, seconds: f64) {
         let (peak_rss_mib, rss_mib) = (peak_rss_mib(), rss_mib());
         match self.stages.iter_mut().find(|s| s.stage == stage) {
@@ -702,10 +713,10 @@ fn read_two_pass(
         failed: None,
     };
     let start = Instant::now();
-    type Chunked = (Vec<ingest::IngestOutput>, Option<RunError>, (f64, f64, f64));
+    type Chunked = (Vec<ingest::IngestOutput>, Option<RunError>, ThreadSeconds);
     let ((outs, failed, split), read_seconds): (Chunked, f64) = std::thread::scope(|sc| {
         let ingesting = sc.spawn(move || {
-            let (mut outs, mut failed, mut split) = (Vec::new(), None, (0.0, 0.0, 0.0));
+            let (mut outs, mut failed, mut split) = (Vec::new(), None, ThreadSeconds::default());
             // the chunks' usage, merged as they come (each chunk has an entry for most windows)
             let mut usage = crate::usage::PartialUsage::default();
             for chunk in rx {
@@ -719,10 +730,7 @@ fn read_two_pass(
                 });
                 match r {
                     Ok((out, framed)) => {
-                        let total = t.elapsed().as_secs_f64();
-                        split.0 += framed;
-                        split.1 += total - framed - out.meter_seconds;
-                        split.2 += out.meter_seconds;
+                        split.add(&out, framed, t.elapsed().as_secs_f64());
                         outs.push(out);
                     }
                     Err(e) => failed = Some(e),
@@ -764,16 +772,9 @@ fn read_two_pass(
     }
     let rows = reading.next_seq;
     drop(pb);
-    // reading and ingesting ran side by side: the phase's wall time is split between its stages
-    // in proportion to the time each took on its thread
-    let wall = lap.elapsed().as_secs_f64();
-    let total = read_seconds + split.0 + split.1 + split.2;
-    let share = |x: f64| if total > 0.0 { wall * x / total } else { 0.0 };
-    timings.add("read", share(read_seconds));
-    timings.add("frame", share(split.0));
-    timings.add("ingest", share(split.1));
-    timings.add("meter", share(split.2));
-    *lap = Instant::now();
+    // reading and ingesting ran side by side
+    let [frame, ingest, meter] = split.stages();
+    timings.lap_shared(&[("read", read_seconds), frame, ingest, meter], lap);
     let mut outs = outs;
     if reading.aside.rows() > 0 {
         let aside = reading.aside.finish()?;
@@ -793,26 +794,39 @@ fn ingest_in_partitions(
     let pb = progress("ingesting and metering");
     let (outs, split) = ingest_partitions(partitions, memory_rows, work)?;
     drop(pb);
-    // partitions ran two at a time: the phase's wall time is split between its stages in
-    // proportion to the time each took on its thread
-    let wall = lap.elapsed().as_secs_f64();
-    let thread_total = split.0 + split.1 + split.2;
-    let share = |x: f64| if thread_total > 0.0 { wall * x / thread_total } else { 0.0 };
-    timings.add("frame", share(split.0));
-    timings.add("ingest", share(split.1));
-    timings.add("meter", share(split.2));
-    *lap = Instant::now();
+    // partitions ran two at a time
+    timings.lap_shared(&split.stages(), lap);
     Ok(outs)
 }
 
-/// The partitions' outputs in partition order, and the threads' seconds in (frame, ingest, meter).
-type Ingested = (Vec<ingest::IngestOutput>, (f64, f64, f64));
+/// Seconds that parts of the input took on their threads, by stage.
+#[derive(Default)]
+struct ThreadSeconds {
+    frame: f64,
+    ingest: f64,
+    meter: f64,
+}
+
+impl ThreadSeconds {
+    /// One part: `total` seconds, of which `framed` framing it and `out.meter_seconds` metering.
+    fn add(&mut self, out: &ingest::IngestOutput, framed: f64, total: f64) {
+        self.frame += framed;
+        self.ingest += total - framed - out.meter_seconds;
+        self.meter += out.meter_seconds;
+    }
+
+    fn stages(&self) -> [(&'static str, f64); 3] {
+        [("frame", self.frame), ("ingest", self.ingest), ("meter", self.meter)]
+    }
+}
+
+/// The partitions' outputs in partition order, and the threads' seconds.
+type Ingested = (Vec<ingest::IngestOutput>, ThreadSeconds);
 
 /// Read, frame and ingest every partition with `work`, two at a time (one per core: each is
 /// partly single-threaded), but never more than `2 × memory_rows` events in flight unless a
 /// partition alone is larger (it then runs alone). The outputs come back in partition order, so
-/// results do not depend on which finished first. Also returns the threads' seconds in
-/// (frame, ingest, meter).
+/// results do not depend on which finished first. Also returns the threads' seconds by stage.
 fn ingest_partitions(
     mut partitions: crate::partition::Partitions,
     memory_rows: usize,
@@ -867,14 +881,12 @@ fn ingest_partitions(
         worker();
     });
     drop(partitions);
-    let (mut outs, mut split) = (Vec::with_capacity(n), (0.0, 0.0, 0.0));
+    let (mut outs, mut split) = (Vec::with_capacity(n), ThreadSeconds::default());
     for r in results {
         // a slot left empty was skipped after another partition failed: that error returns first
         let Some(r) = r.into_inner().expect("result slot") else { continue };
         let (out, framed, total) = r?;
-        split.0 += framed;
-        split.1 += total - framed - out.meter_seconds;
-        split.2 += out.meter_seconds;
+        split.add(&out, framed, total);
         outs.push(out);
     }
     Ok((outs, split))
