@@ -394,23 +394,32 @@ pub fn ingest(
     let slots =
         compiled.iter().map(|m| m.meter_id.clone()).chain(compiled[n_meters..].iter().map(|m| format!("{}{VALID_SUFFIX}", m.meter_id)));
     let mut usage = PartialUsage::new(slots.collect());
-    let mut used_by_window = BTreeMap::new();
+    let used_by_window: BTreeMap<u32, u64>;
     {
-        let wins = agg.column(WINDOW)?.u32()?.clone();
-        let events = agg.column("__events")?.u64()?.clone();
-        for row in 0..agg.height() {
-            if let (Some(w), Some(n)) = (wins.get(row), events.get(row)) {
-                used_by_window.insert(w, n);
-            }
-        }
+        let wins: Vec<Option<u32>> = agg.column(WINDOW)?.u32()?.iter().collect();
+        // built from its sorted entries at once (the groups come in no order)
+        let mut used: Vec<(u32, u64)> =
+            wins.iter().zip(agg.column("__events")?.u64()?.iter()).filter_map(|(w, n)| Some(((*w)?, n?))).collect();
+        used.sort_unstable();
+        used_by_window = used.into_iter().collect();
         for (i, m) in compiled.iter().enumerate() {
             let q = agg.column(&format!("__q_{i}"))?;
-            for row in 0..agg.height() {
-                let Some(w) = wins.get(row) else { continue };
+            // the common aggregations' values read once, not looked up row by row
+            let (counts, decimals): (Vec<Option<u64>>, Vec<Option<i128>>) = match m.aggregation {
+                Aggregation::Count => (q.u64()?.iter().collect(), Vec::new()),
+                Aggregation::Sum | Aggregation::Max | Aggregation::Min => (Vec::new(), q.decimal()?.physical().iter().collect()),
+                _ => (Vec::new(), Vec::new()),
+            };
+            let valid: Vec<Option<i128>> = match i >= n_meters {
+                true => agg.column(&format!("__qv_{i}"))?.decimal()?.physical().iter().collect(),
+                false => Vec::new(),
+            };
+            for (row, w) in wins.iter().enumerate() {
+                let Some(w) = *w else { continue };
                 let overflow = || IngestError::Overflow { meter: m.meter_id.clone(), window: w };
                 let exact = |v: Option<i128>| v.map(|v| numeric::to_decimal(v, m.scale).ok_or_else(overflow)).transpose();
                 let value = match m.aggregation {
-                    Aggregation::Count => q.u64()?.get(row).map(|n| Partial::Sum(Decimal::from(n))),
+                    Aggregation::Count => counts[row].map(|n| Partial::Sum(Decimal::from(n))),
                     Aggregation::UniqueCount => {
                         let mut set = std::collections::BTreeSet::new();
                         if let Some(values) = q.list()?.get_as_series(row) {
@@ -425,9 +434,9 @@ pub fn ingest(
                         }
                         Some(Partial::Distinct(Box::new(set)))
                     }
-                    Aggregation::Sum => exact(q.decimal()?.physical().get(row))?.map(Partial::Sum),
-                    Aggregation::Max => exact(q.decimal()?.physical().get(row))?.map(Partial::Max),
-                    Aggregation::Min => exact(q.decimal()?.physical().get(row))?.map(Partial::Min),
+                    Aggregation::Sum => exact(decimals[row])?.map(Partial::Sum),
+                    Aggregation::Max => exact(decimals[row])?.map(Partial::Max),
+                    Aggregation::Min => exact(decimals[row])?.map(Partial::Min),
                     Aggregation::Latest => match exact(q.decimal()?.physical().get(row))? {
                         None => None,
                         Some(value) => {
@@ -449,7 +458,7 @@ pub fn ingest(
                     usage.push(w, i, v);
                 }
                 if i >= n_meters {
-                    if let Some(v) = exact(agg.column(&format!("__qv_{i}"))?.decimal()?.physical().get(row))? {
+                    if let Some(v) = exact(valid[row])? {
                         usage.push(w, compiled.len() + i - n_meters, Partial::Sum(v));
                     }
                 }

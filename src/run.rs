@@ -528,7 +528,10 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
     let pb = progress("merging usage");
     let mut parts = crate::usage::PartialUsage::default();
     let mut rejects = Vec::new();
-    let (mut counts, mut events_read, mut events_used, mut used_by_window) = (BTreeMap::new(), 0u64, 0u64, BTreeMap::new());
+    let (mut counts, mut events_read, mut events_used) = (BTreeMap::new(), 0u64, 0u64);
+    // events used by window id (ids are dense: `plan_windows` numbers them), summed over the
+    // parts (a chunk of arrival meets most windows)
+    let mut used: Vec<u64> = Vec::new();
     let mut meter_ids = Vec::new();
     let n_parts = outs.len();
     for out in outs {
@@ -540,11 +543,16 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
         events_read += out.events_read;
         events_used += out.events_used;
         for (w, n) in out.used_by_window {
-            *used_by_window.entry(w).or_insert(0) += n;
+            let w = w as usize;
+            if used.len() <= w {
+                used.resize(w + 1, 0);
+            }
+            used[w] += n;
         }
         meter_ids = out.meter_ids;
     }
     let mut usage = parts.finish()?;
+    let mut used_by_window: BTreeMap<u32, u64> = used.into_iter().enumerate().filter(|(_, n)| *n > 0).map(|(w, n)| (w as u32, n)).collect();
     if n_parts > 1 {
         tracing::info!(parts = n_parts, "ingested in parts");
     }

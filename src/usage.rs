@@ -121,30 +121,35 @@ impl PartialUsage {
             let (w, s, _) = &other.entries[0];
             return Err(other.error(*w, *s, false));
         }
-        let mut out = Vec::with_capacity(self.entries.len().max(other.entries.len()));
-        let mut a = std::mem::take(&mut self.entries).into_iter().peekable();
-        let mut b = other.entries.into_iter().peekable();
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (None, None) => break,
-                (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next(),
-                (Some(x), Some(y)) => match (x.0, x.1).cmp(&(y.0, y.1)) {
-                    std::cmp::Ordering::Less => a.next(),
-                    std::cmp::Ordering::Greater => b.next(),
-                    std::cmp::Ordering::Equal => {
-                        let (mut x, y) = (a.next().expect("peeked"), b.next().expect("peeked"));
-                        match x.2.absorb(y.2) {
-                            Some(true) => Some(x),
-                            Some(false) => return Err(self.error(x.0, x.1, true)),
-                            None => return Err(self.error(x.0, x.1, false)),
-                        }
-                    }
+        // chunks of arrival meet mostly the same windows: the keys already here are folded in
+        // place (no new table per part), the others merged in after
+        let mut fresh = Vec::new();
+        let mut i = 0;
+        for (w, s, p) in other.entries {
+            while self.entries.get(i).is_some_and(|e| (e.0, e.1) < (w, s)) {
+                i += 1;
+            }
+            match self.entries.get_mut(i) {
+                Some(e) if (e.0, e.1) == (w, s) => match e.2.absorb(p) {
+                    Some(true) => {}
+                    Some(false) => return Err(self.error(w, s, true)),
+                    None => return Err(self.error(w, s, false)),
                 },
-            };
-            out.extend(next);
+                _ => fresh.push((w, s, p)),
+            }
         }
-        self.entries = out;
+        if !fresh.is_empty() {
+            let mut out = Vec::with_capacity(self.entries.len() + fresh.len());
+            let mut here = std::mem::take(&mut self.entries).into_iter().peekable();
+            for e in fresh {
+                while let Some(x) = here.next_if(|x| (x.0, x.1) < (e.0, e.1)) {
+                    out.push(x);
+                }
+                out.push(e);
+            }
+            out.extend(here);
+            self.entries = out;
+        }
         Ok(())
     }
 
@@ -270,6 +275,10 @@ mod tests {
             a
         });
         left.merge(right).unwrap();
+        // a merged part stays sorted by key, each key once: what the next merge relies on
+        for p in [&forward, &backward, &left] {
+            assert!(p.entries.windows(2).all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1)));
+        }
         let (f, b, g) = (forward.finish().unwrap(), backward.finish().unwrap(), left.finish().unwrap());
         assert_eq!(f, b);
         assert_eq!(f, g);
