@@ -672,13 +672,16 @@ pub fn settle(
         }
     }
 
-    // what is new, what was issued already (late usage), what is still open
-    let mut to_issue = Vec::new();
-    let mut drafts = Vec::new();
+    // what is new, what was issued already (late usage), what is still open; `rated` is sorted
+    // and settled where it is (it holds every invoice tree of the run: a copy of the vector at
+    // 100 000 invoices was ~100 MB more at the run's peak)
+    let mut to_issue = rated;
     let mut late = Vec::new();
     // the prorated refunds of every rated invoice (issued or not), registered by date
-    let refunds: Vec<crate::handoff::Refund> = rated.iter().flat_map(|b| b.handoff.refunds.iter().cloned()).collect();
-    for owned in rated {
+    let refunds: Vec<crate::handoff::Refund> = to_issue.iter().flat_map(|b| b.handoff.refunds.iter().cloned()).collect();
+    let reissued: Vec<BuiltInvoice> = to_issue.extract_if(.., |b| l.issued.contains_key(&b.invoice.id)).collect();
+    let mut drafts: Vec<BuiltInvoice> = to_issue.extract_if(.., |b| !b.due).collect();
+    for owned in reissued {
         let b = &owned;
         if let Some(entry) = l.issued.get(&b.invoice.id).cloned() {
             let now = rated_map(b);
@@ -751,35 +754,29 @@ pub fn settle(
                 report.adjustments = adjustments;
             }
             late.push(report);
-        } else if b.due {
-            to_issue.push(owned);
-        } else {
-            drafts.push(owned);
         }
     }
 
     // issue, day by day
     to_issue.sort_by(by_issue_key);
-    let mut issued: Vec<BuiltInvoice> = Vec::with_capacity(to_issue.len());
-    let mut rest = to_issue.into_iter().peekable();
-    while let Some(day) = rest.peek().map(|b| b.invoice.invoice_date) {
-        let mut today = Vec::new();
-        while let Some(b) = rest.next_if(|b| b.invoice.invoice_date == day) {
-            today.push(b);
-        }
+    let mut issued = to_issue;
+    let mut from = 0;
+    while let Some(day) = issued.get(from).map(|b| b.invoice.invoice_date) {
+        let until = from + issued[from..].iter().take_while(|b| b.invoice.invoice_date == day).count();
+        let today = &mut issued[from..until];
         register_day(cat, &refunds, &mut l, day);
         for b in today.iter().filter(|b| b.handoff.credit_grants.iter().any(|g| g.status == "GRANTED")) {
             register_grants(org, b, false, &mut l);
         }
-        for mut b in today {
-            let rated_lines = if b.invoice.metadata.contains_key("adjusts") { BTreeMap::new() } else { rated_map(&b) };
+        for b in today {
+            let rated_lines = if b.invoice.metadata.contains_key("adjusts") { BTreeMap::new() } else { rated_map(b) };
             let custom = cat.billing.custom_invoices.iter().find(|c| b.invoice.metadata.get("customInvoiceId") == Some(&c.id));
             let (use_credits, use_wallet) = custom.map_or((true, true), |c| (c.apply_credits, c.apply_wallet_balance));
-            settle_one(cat, org, &mut b, &mut l, true, use_credits, use_wallet);
-            register_grants(org, &b, b.invoice.status == "PAID", &mut l);
-            l.issued.insert(b.invoice.id.clone(), index_entry(&b, rated_lines, as_of));
-            issued.push(b);
+            settle_one(cat, org, b, &mut l, true, use_credits, use_wallet);
+            register_grants(org, b, b.invoice.status == "PAID", &mut l);
+            l.issued.insert(b.invoice.id.clone(), index_entry(b, rated_lines, as_of));
         }
+        from = until;
     }
     register_day(cat, &refunds, &mut l, as_of);
 
