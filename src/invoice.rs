@@ -9,11 +9,13 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{Days, NaiveDate};
 use compact_str::ToCompactString;
 use rust_decimal::Decimal;
 use serde::Serialize;
+use thin_vec::ThinVec;
 
 use crate::catalog::billing::{CustomInvoice, CustomStatus};
 use crate::catalog::{
@@ -33,10 +35,13 @@ pub const SCHEMA_VERSION: &str = "billrun.invoice.v1";
 #[serde(rename_all = "camelCase")]
 pub struct LineItem {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    pub id: Option<Text>,
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub description: String,
+    /// Shared where the text comes from the catalog or is fixed (see [`shared_text`]): the same
+    /// slab and card descriptions recur on every invoice of a plan.
+    #[serde(serialize_with = "serialize_str")]
+    pub description: Arc<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quantity: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -44,12 +49,18 @@ pub struct LineItem {
     pub value: Text,
     #[serde(skip_serializing_if = "LineMeta::is_empty")]
     pub metadata: LineMeta,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub line_items: Vec<LineItem>,
+    /// A thin vector (one pointer; length and capacity live in the allocation): most lines have
+    /// no children, and an invoice holds ~50 lines until it is rendered.
+    #[serde(skip_serializing_if = "ThinVec::is_empty")]
+    pub line_items: ThinVec<LineItem>,
+}
+
+fn serialize_str<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v)
 }
 
 impl LineItem {
-    pub(crate) fn new(kind: &'static str, description: impl Into<String>, value: impl Into<Text>) -> Self {
+    pub(crate) fn new(kind: &'static str, description: impl Into<Arc<str>>, value: impl Into<Text>) -> Self {
         LineItem {
             id: None,
             kind,
@@ -58,17 +69,41 @@ impl LineItem {
             value_per_quantity: None,
             value: value.into(),
             metadata: LineMeta::default(),
-            line_items: Vec::new(),
+            line_items: ThinVec::new(),
         }
     }
 }
+
+/// `text` as a shared string: one allocation per distinct text on each rating thread, however
+/// many invoices show it (slab, rate-card and total descriptions). A memo, not state: the
+/// result is the text itself, so rating stays pure. Bounded: the memo starts over past
+/// [`SHARED_TEXTS`] distinct texts.
+pub(crate) fn shared_text(text: &str) -> Arc<str> {
+    thread_local! {
+        static MEMO: std::cell::RefCell<rustc_hash::FxHashMap<Box<str>, Arc<str>>> = Default::default();
+    }
+    MEMO.with_borrow_mut(|m| {
+        if let Some(a) = m.get(text) {
+            return a.clone();
+        }
+        if m.len() >= SHARED_TEXTS {
+            m.clear();
+        }
+        let a: Arc<str> = Arc::from(text);
+        m.insert(text.into(), a.clone());
+        a
+    })
+}
+
+/// Distinct texts [`shared_text`] keeps per thread.
+const SHARED_TEXTS: usize = 4096;
 
 /// A line's metadata: a few string pairs, kept sorted by key (serialized as a JSON object, like
 /// a `BTreeMap`). A sorted `Vec` rather than a `BTreeMap`: an invoice has dozens of lines with
 /// two to four entries each, and a B-tree node per line was most of an invoice's memory. Keys
 /// are nearly always literals, so they are not allocated.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LineMeta(Vec<(Cow<'static, str>, Text)>);
+pub struct LineMeta(ThinVec<(Cow<'static, str>, Text)>);
 
 impl LineMeta {
     /// Set `key` (replacing its value when present).
@@ -251,8 +286,8 @@ fn card_line(
     org: &Organization,
 ) -> (LineItem, Decimal) {
     let amount = round_line(ch.exact, cur, org.rounding);
-    let mut line = LineItem::new("USAGE_RATE_CARD_AMOUNT", description, amount_text(amount, cur));
-    line.id = Some(id);
+    let mut line = LineItem::new("USAGE_RATE_CARD_AMOUNT", shared_text(description), amount_text(amount, cur));
+    line.id = Some(id.into());
     line.quantity = Some(exact_text(ch.quantity));
     line.metadata.reserve(3);
     line.line_items.reserve_exact(ch.slabs.len());
@@ -266,7 +301,7 @@ fn card_line(
     );
     line.metadata.insert("exactValue", exact_text(ch.exact));
     for s in &ch.slabs {
-        let mut sl = LineItem::new("USAGE_RATE_CARD_SLAB_AMOUNT", slab_description(s), exact_text(s.revenue));
+        let mut sl = LineItem::new("USAGE_RATE_CARD_SLAB_AMOUNT", shared_text(&slab_description(s)), exact_text(s.revenue));
         sl.quantity = Some(exact_text(s.quantity));
         sl.value_per_quantity = Some(exact_text(s.rate));
         sl.metadata.reserve(2 + usize::from(s.packages.is_some()));
@@ -307,9 +342,9 @@ pub(crate) fn totals_tree(value: &str, gross_children: Vec<LineItem>) -> LineIte
     wrap("GRAND_TOTAL_AMOUNT", "Grand total", value, vec![total])
 }
 
-pub(crate) fn wrap(kind: &'static str, description: &str, value: &str, children: Vec<LineItem>) -> LineItem {
-    let mut l = LineItem::new(kind, description, value);
-    l.line_items = children;
+pub(crate) fn wrap(kind: &'static str, description: &str, value: &str, children: impl Into<ThinVec<LineItem>>) -> LineItem {
+    let mut l = LineItem::new(kind, shared_text(description), value);
+    l.line_items = children.into();
     l
 }
 
@@ -332,8 +367,8 @@ fn fixed_fee_line(ff: &FixedFeeCard, w: &Window, cur: &Currency, org: &Organizat
         Timing::InAdvance => "ADVANCED_FIXED_FEE",
         Timing::InArrears => "FIXED_FEE_RATE_CARD_AMOUNT",
     };
-    let mut line = LineItem::new(kind, &ff.display_name, amount_text(amount, cur));
-    line.id = Some(format!("ff.{}", ff.addon_id));
+    let mut line = LineItem::new(kind, shared_text(&ff.display_name), amount_text(amount, cur));
+    line.id = Some(compact_str::format_compact!("ff.{}", ff.addon_id));
     line.quantity = Some("1".into());
     line.value_per_quantity = Some(exact_text(rate));
     line.metadata.insert("addOnId", ff.addon_id.clone());
@@ -353,11 +388,11 @@ fn fixed_fee_line(ff: &FixedFeeCard, w: &Window, cur: &Currency, org: &Organizat
 }
 
 /// The slab split of a charge as child lines of `kind` (exact values: they explain the line).
-fn slab_lines(kind: &'static str, ch: &CardCharge) -> Vec<LineItem> {
+fn slab_lines(kind: &'static str, ch: &CardCharge) -> ThinVec<LineItem> {
     ch.slabs
         .iter()
         .map(|sl| {
-            let mut c = LineItem::new(kind, slab_description(sl), exact_text(sl.revenue));
+            let mut c = LineItem::new(kind, shared_text(&slab_description(sl)), exact_text(sl.revenue));
             c.quantity = Some(exact_text(sl.quantity));
             c.value_per_quantity = Some(exact_text(sl.rate));
             c
@@ -377,8 +412,8 @@ fn plan_line(
     org: &Organization,
 ) -> (LineItem, Decimal) {
     let amount = round_line(ch.exact, cur, org.rounding);
-    let mut line = LineItem::new(kind, description, amount_text(amount, cur));
-    line.id = Some(key.to_string());
+    let mut line = LineItem::new(kind, shared_text(description), amount_text(amount, cur));
+    line.id = Some(key.into());
     line.quantity = Some(exact_text(ch.quantity));
     line.metadata.insert("exactValue", exact_text(ch.exact));
     line.line_items = slab_lines(slab_kind, ch);
@@ -387,8 +422,8 @@ fn plan_line(
 
 /// A license card's line from its slab pricing of one quantity (children: the slab split).
 fn license_line(kind: &'static str, lc: &LicenseCard, ch: &CardCharge, amount: Decimal, cur: &Currency) -> LineItem {
-    let mut line = LineItem::new(kind, &lc.display_name, amount_text(amount, cur));
-    line.id = Some(format!("lrc.{}", lc.addon_id));
+    let mut line = LineItem::new(kind, shared_text(&lc.display_name), amount_text(amount, cur));
+    line.id = Some(compact_str::format_compact!("lrc.{}", lc.addon_id));
     line.quantity = Some(exact_text(ch.quantity));
     line.metadata.insert("addOnId", lc.addon_id.clone());
     line.metadata.insert("exactValue", exact_text(ch.exact));
@@ -429,13 +464,13 @@ fn license_arrears(
         parts.push(c);
     }
     let amount = round_ratio(numerator, Decimal::from(cycle_days), cur, org.rounding)?;
-    let mut line = LineItem::new("LICENSE_RATE_CARD_AMOUNT", &lc.display_name, amount_text(amount, cur));
-    line.id = Some(format!("lrc.{}", lc.addon_id));
+    let mut line = LineItem::new("LICENSE_RATE_CARD_AMOUNT", shared_text(&lc.display_name), amount_text(amount, cur));
+    line.id = Some(compact_str::format_compact!("lrc.{}", lc.addon_id));
     line.quantity = Some(exact_text(peak));
     line.metadata.insert("addOnId", lc.addon_id.clone());
     line.metadata.insert("basis", "quantity of each day, prorated");
     line.metadata.insert("exactValue", format!("{}/{cycle_days}", exact_text(numerator)));
-    line.line_items = parts;
+    line.line_items = parts.into();
     Some((line, amount))
 }
 
@@ -609,8 +644,8 @@ fn apply_rules(
         match &rule.action {
             crate::rules::Action::Add { description } => {
                 let amount = round_line(value, cur, org.rounding);
-                let mut l = LineItem::new("PRICING_RULE_ADDITION_AMOUNT", description, amount_text(amount, cur));
-                l.id = Some(rule.id.clone());
+                let mut l = LineItem::new("PRICING_RULE_ADDITION_AMOUNT", description.as_str(), amount_text(amount, cur));
+                l.id = Some(rule.id.as_str().into());
                 l.metadata.insert("exactValue", exact_text(value));
                 entry.after = Some(format_amount(amount, cur));
                 additions.push((l, amount));
@@ -671,13 +706,13 @@ fn with_additions(
     }
     let add_total: Decimal = additions.iter().map(|a| a.1).sum();
     for (l, a) in &additions {
-        lines.push((l.description.clone(), *a));
+        lines.push((l.description.to_string(), *a));
     }
     gross_children.push(wrap(
         "TOTAL_PRICING_RULE_ADDITION_AMOUNT",
         "Pricing rule additions",
         &amount_text(add_total, cur),
-        additions.into_iter().map(|a| a.0).collect(),
+        additions.into_iter().map(|a| a.0).collect::<ThinVec<_>>(),
     ));
     *total += add_total;
     gross_children
@@ -776,8 +811,8 @@ fn arrears_invoice(
         cards.push((key, line, amount, Some((card, rates, q))));
         let meter_name = catalog.meters.get(&card.meter_id).map(|m| m.display_name.clone()).unwrap_or_default();
         if !usage_info.iter().any(|u: &LineItem| u.id.as_deref() == Some(&card.meter_id)) {
-            let mut u = LineItem::new("USAGE_METER_USAGE", meter_name, exact_text(q));
-            u.id = Some(card.meter_id.clone());
+            let mut u = LineItem::new("USAGE_METER_USAGE", shared_text(&meter_name), exact_text(q));
+            u.id = Some(card.meter_id.as_str().into());
             u.quantity = Some(exact_text(q));
             usage_info.push(u);
         }
@@ -836,8 +871,8 @@ fn arrears_invoice(
     let rules: Vec<_> = plan.pricing_rules.iter().filter(|r| r.timing == Timing::InArrears).collect();
     let (additions, rule_log) = apply_rules(&rules, &mut cards, cur, org);
     let subtotal: Decimal = cards.iter().map(|c| c.2).sum();
-    let mut lines: Vec<(String, Decimal)> = cards.iter().map(|c| (c.1.description.clone(), c.2)).collect();
-    let cards: Vec<LineItem> = cards.into_iter().map(|c| c.1).collect();
+    let mut lines: Vec<(String, Decimal)> = cards.iter().map(|c| (c.1.description.to_string(), c.2)).collect();
+    let cards: ThinVec<LineItem> = cards.into_iter().map(|c| c.1).collect();
     let sub_v = amount_text(subtotal, cur);
     let mut plan_children = vec![wrap("SUB_TOTAL_AMOUNT", "Subtotal", &sub_v, cards)];
     let mut total = subtotal;
@@ -846,7 +881,7 @@ fn arrears_invoice(
             let commitment = round_line(*rate, cur, org.rounding);
             let true_up = (commitment - subtotal).max(Decimal::ZERO);
             if true_up > Decimal::ZERO {
-                let mut l = LineItem::new("TRUE_UP_AMOUNT", &mc.display_name, amount_text(true_up, cur));
+                let mut l = LineItem::new("TRUE_UP_AMOUNT", shared_text(&mc.display_name), amount_text(true_up, cur));
                 l.metadata.insert("minimumCommitment", amount_text(commitment, cur));
                 plan_children.push(l);
                 lines.push((mc.display_name.clone(), true_up));
@@ -939,7 +974,7 @@ fn advance_invoices(
                     format!("{}: {} → {}", lc.display_name, exact_text(billed), exact_text(q)),
                     amount_text(amount, cur),
                 );
-                l.id = Some(format!("lrc.{}", lc.addon_id));
+                l.id = Some(compact_str::format_compact!("lrc.{}", lc.addon_id));
                 l.quantity = Some(exact_text(q - billed));
                 l.metadata.insert("addOnId", lc.addon_id.clone());
                 l.metadata.insert("priceDifference", exact_text(diff));
@@ -965,10 +1000,10 @@ fn advance_invoices(
     for (day, items) in adhoc {
         let t: Decimal = items.iter().map(|i| i.1).sum();
         let v = amount_text(t, cur);
-        let lines: Vec<(String, Decimal)> = items.iter().map(|i| (i.0.description.clone(), i.1)).collect();
+        let lines: Vec<(String, Decimal)> = items.iter().map(|i| (i.0.description.to_string(), i.1)).collect();
         let tree = totals_tree(
             &v,
-            vec![wrap("TOTAL_ADVANCED_FEES", "License increases in advance", &v, items.into_iter().map(|i| i.0).collect())],
+            vec![wrap("TOTAL_ADVANCED_FEES", "License increases in advance", &v, items.into_iter().map(|i| i.0).collect::<ThinVec<_>>())],
         );
         out.push(assemble(p, org, as_of, Kind::AdHoc(day), tree, Vec::new(), lines, t));
     }
@@ -978,9 +1013,9 @@ fn advance_invoices(
     let rules: Vec<_> = plan.pricing_rules.iter().filter(|r| r.timing == Timing::InAdvance).collect();
     let (additions, rule_log) = apply_rules(&rules, &mut cards, cur, org);
     let mut total: Decimal = cards.iter().map(|c| c.2).sum();
-    let mut lines: Vec<(String, Decimal)> = cards.iter().map(|c| (c.1.description.clone(), c.2)).collect();
+    let mut lines: Vec<(String, Decimal)> = cards.iter().map(|c| (c.1.description.to_string(), c.2)).collect();
     let fees_v = amount_text(total, cur);
-    let gross = vec![wrap("TOTAL_ADVANCED_FEES", "Fees in advance", &fees_v, cards.into_iter().map(|c| c.1).collect())];
+    let gross = vec![wrap("TOTAL_ADVANCED_FEES", "Fees in advance", &fees_v, cards.into_iter().map(|c| c.1).collect::<ThinVec<_>>())];
     let gross = with_additions(gross, additions, &mut lines, &mut total, cur);
     let tree = totals_tree(&amount_text(total, cur), gross);
     let mut built = assemble(p, org, as_of, Kind::Advanced, tree, Vec::new(), lines, total);
@@ -1015,12 +1050,34 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
             out
         })
         .collect();
-    let mut out: Vec<BuiltInvoice> = per_window.into_iter().flatten().collect();
+    // exactly sized: an invoice is ~1 KB inline, and a vector grown by doubling was a third larger
+    let mut out: Vec<BuiltInvoice> = Vec::with_capacity(per_window.iter().map(Vec::len).sum::<usize>() + catalog.billing.custom_invoices.len());
+    out.extend(per_window.into_iter().flatten());
     out.extend(catalog.billing.custom_invoices.iter().filter_map(|ci| custom_invoice(ci, catalog, org, as_of)));
-    out.sort_by(|a, b| {
-        (&a.invoice.account_id, a.invoice.start_date, &a.invoice.id).cmp(&(&b.invoice.account_id, b.invoice.start_date, &b.invoice.id))
+    // a stable sort of the invoices themselves would take a buffer of half of them (~50 MB at
+    // 100 000, when every invoice tree is held): their positions are sorted, then applied in place
+    let mut order: Vec<usize> = (0..out.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&out[a].invoice, &out[b].invoice);
+        (&a.account_id, a.start_date, &a.id).cmp(&(&b.account_id, b.start_date, &b.id))
     });
+    permute(&mut out, order);
     out
+}
+
+/// Reorder `v` in place so that `v[i]` becomes the old `v[order[i]]` (`order` a permutation),
+/// following each cycle with swaps.
+fn permute<T>(v: &mut [T], mut order: Vec<usize>) {
+    for i in 0..v.len() {
+        let mut j = i;
+        while order[j] != i && order[j] != j {
+            let k = order[j];
+            v.swap(j, k);
+            order[j] = j;
+            j = k;
+        }
+        order[j] = j;
+    }
 }
 
 /// The organisation, customer and account parties of an account's invoice.
@@ -1058,8 +1115,8 @@ pub fn custom_invoice(ci: &CustomInvoice, catalog: &Catalog, org: &Organization,
     let mut lines = Vec::new();
     for (i, l) in ci.lines.iter().enumerate() {
         let amount = round_line(l.value, cur, org.rounding);
-        let mut item = LineItem::new("CUSTOM_AMOUNT", &l.description, amount_text(amount, cur));
-        item.id = Some(l.id.clone().unwrap_or_else(|| format!("custom.{}", i + 1)));
+        let mut item = LineItem::new("CUSTOM_AMOUNT", l.description.as_str(), amount_text(amount, cur));
+        item.id = Some(l.id.as_deref().map_or_else(|| compact_str::format_compact!("custom.{}", i + 1), Text::from));
         item.quantity = l.quantity.map(exact_text);
         item.value_per_quantity = l.value_per_quantity.map(exact_text);
         item.metadata.insert("exactValue", exact_text(l.value));
@@ -1103,4 +1160,30 @@ pub fn custom_invoice(ci: &CustomInvoice, catalog: &Catalog, org: &Organization,
         metadata,
     };
     Some(BuiltInvoice { invoice, currency: cur.clone(), total, lines, due, handoff: Handoff::default() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `permute` puts each element where a sort by position would.
+        #[test]
+        fn permute_applies_the_order(keys in proptest::collection::vec(0u8..8, 0..64)) {
+            let mut order: Vec<usize> = (0..keys.len()).collect();
+            order.sort_by_key(|&i| keys[i]);
+            let expected: Vec<(u8, usize)> = order.iter().map(|&i| (keys[i], i)).collect();
+            let mut v: Vec<(u8, usize)> = keys.iter().copied().zip(0..).collect();
+            permute(&mut v, order);
+            prop_assert_eq!(v, expected);
+        }
+    }
+
+    #[test]
+    fn shared_texts_are_one_allocation() {
+        let (a, b) = (shared_text("Slab 1 (0 – 10000] PER_UNIT"), shared_text("Slab 1 (0 – 10000] PER_UNIT"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(&*a, "Slab 1 (0 – 10000] PER_UNIT");
+    }
 }

@@ -225,7 +225,7 @@ fn rate_card_lines<'a>(li: &'a LineItem, prefix: &str, out: &mut Vec<LineView<'a
             details,
         });
     } else {
-        let prefix = if li.metadata.contains_key("invoiceId") { li.description.as_str() } else { prefix };
+        let prefix = if li.metadata.contains_key("invoiceId") { &*li.description } else { prefix };
         for c in &li.line_items {
             rate_card_lines(c, prefix, out);
         }

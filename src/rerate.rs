@@ -114,7 +114,7 @@ fn by_id(v: &[BuiltInvoice]) -> BTreeMap<&str, &BuiltInvoice> {
 fn descriptions(b: &BuiltInvoice, out: &mut BTreeMap<String, String>) {
     fn walk(l: &crate::invoice::LineItem, out: &mut BTreeMap<String, String>) {
         if let (Some(id), Some(_)) = (&l.id, crate::invoice::line_class(l.kind)) {
-            out.entry(id.clone()).or_insert_with(|| l.description.clone());
+            out.entry(id.to_string()).or_insert_with(|| l.description.to_string());
             return;
         }
         for c in &l.line_items {

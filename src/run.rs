@@ -1048,7 +1048,7 @@ fn line_item_rows(v: &Value) -> Vec<LineItemRow> {
 fn invoice_line_item_rows(inv: &crate::invoice::Invoice) -> Vec<LineItemRow> {
     fn walk(l: &crate::invoice::LineItem, out: &mut Vec<BilledLine>) {
         if crate::invoice::line_class(l.kind).is_some() {
-            out.push((l.id.as_deref().map(Text::from), l.kind.into(), l.description.clone(), l.quantity.clone(), l.value.clone()));
+            out.push((l.id.as_deref().map(Text::from), l.kind.into(), l.description.to_string(), l.quantity.clone(), l.value.clone()));
             return;
         }
         for c in &l.line_items {

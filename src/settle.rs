@@ -104,7 +104,7 @@ fn billed_lines(root: &LineItem) -> Vec<Creditable> {
         // miscellaneous charges and credits are settlement's own lines, not what rating billed
         let class = line_class(l.kind).filter(|c| !matches!(c, Class::Charge | Class::Credit));
         if let Some(class) = class {
-            let id = l.id.clone().unwrap_or_else(|| l.kind.to_ascii_lowercase());
+            let id = l.id.as_deref().map_or_else(|| l.kind.to_ascii_lowercase(), str::to_string);
             // `urc.<meter>`, `ff.<add-on>`, `lrc.<add-on>`, `cg.…`: the entity is after the first dot
             let entity = id.split_once('.').map(|(_, e)| e.to_string()).unwrap_or_else(|| id.clone());
             out.push(Creditable { id, class, entity, amount: parse_amount(&l.value) });
@@ -368,12 +368,12 @@ fn settle_one(cat: &Catalog, org: &Organization, b: &mut BuiltInvoice, l: &mut L
             let (amount, mut item) = match misc_value(m, &lines) {
                 Ok(v) => {
                     let a = round_line(v, &cur, org.rounding);
-                    let mut item = LineItem::new("MISCELLANEOUS_CHARGE", &m.name, format_amount(a, &cur));
+                    let mut item = LineItem::new("MISCELLANEOUS_CHARGE", m.name.as_str(), format_amount(a, &cur));
                     item.metadata.insert("exactValue", crate::money::format_exact(v));
                     (a, item)
                 }
                 Err(e) => {
-                    let mut item = LineItem::new("MISCELLANEOUS_CHARGE", &m.name, format_amount(Decimal::ZERO, &cur));
+                    let mut item = LineItem::new("MISCELLANEOUS_CHARGE", m.name.as_str(), format_amount(Decimal::ZERO, &cur));
                     item.metadata.insert("error", e);
                     (Decimal::ZERO, item)
                 }
@@ -382,7 +382,7 @@ fn settle_one(cat: &Catalog, org: &Organization, b: &mut BuiltInvoice, l: &mut L
                 item.quantity = Some(crate::money::exact_text(*quantity));
                 item.value_per_quantity = Some(crate::money::exact_text(*rate));
             }
-            item.id = Some(format!("misc.{}", m.name));
+            item.id = Some(compact_str::format_compact!("misc.{}", m.name));
             item.metadata.insert("considerForRevenue", m.consider_for_revenue.to_string());
             misc_total += amount;
             b.lines.push((m.name.clone(), amount));
@@ -434,7 +434,7 @@ fn settle_one(cat: &Catalog, org: &Organization, b: &mut BuiltInvoice, l: &mut L
     let mut credit_items = Vec::new();
     for (id, sum, parts) in &used {
         let mut item = LineItem::new("SUB_CREDITS", format!("Credit {id}"), format_amount(-*sum, &cur));
-        item.id = Some(id.clone());
+        item.id = Some(id.as_str().into());
         for (line, x) in parts {
             item.metadata.insert_owned(format!("appliedTo.{line}"), format_amount(*x, &cur));
         }
@@ -531,7 +531,7 @@ fn adjustment_invoice(
     let mut lines = Vec::new();
     for d in deltas.iter().filter(|d| !d.delta.is_zero()) {
         let mut item = LineItem::new("CUSTOM_AMOUNT", format!("Late usage: {}", d.id), format_amount(d.delta, cur));
-        item.id = Some(d.id.clone());
+        item.id = Some(d.id.as_str().into());
         item.metadata.insert("issued", format_amount(d.issued, cur));
         item.metadata.insert("recomputed", format_amount(d.recomputed, cur));
         children.push(item);
@@ -566,14 +566,14 @@ fn composite(cat: &Catalog, org: &Organization, group_id: &str, day: NaiveDate, 
     let mut lines = Vec::new();
     for c in children {
         let mut node = c.invoice.revenue_info.line_items[0].clone();
-        node.description = format!("{} ({})", c.invoice.invoice_details.account.name, c.invoice.id);
+        node.description = format!("{} ({})", c.invoice.invoice_details.account.name, c.invoice.id).into();
         node.metadata.insert("accountId", c.invoice.account_id.clone());
         node.metadata.insert("invoiceId", c.invoice.id.clone());
         nodes.push(node);
         lines.extend(c.lines.iter().map(|(n, a)| (format!("{}: {n}", c.invoice.account_id), *a)));
     }
     let mut root = LineItem::new("GRAND_TOTAL_AMOUNT", "Grand total", format_amount(total, &cur));
-    root.line_items = nodes;
+    root.line_items = nodes.into();
     let net = g.net_term_days.unwrap_or(org.net_term_days);
     let first = children[0];
     let account = cat.accounts.get(&first.invoice.account_id);
