@@ -761,7 +761,7 @@ fn line_item(kind: &'static str, description: String, children: Vec<LineItem>) -
     l.value_per_quantity = Some("1".into());
     l.value = "1.00".into();
     l.metadata = Default::default();
-    l.line_items = children;
+    l.line_items = children.into();
     l
 }
 
