@@ -756,7 +756,7 @@ fn line_item(kind: &'static str, description: String, children: Vec<LineItem>) -
     let mut l = base_invoice().revenue_info.clone();
     l.id = None;
     l.kind = kind;
-    l.description = description;
+    l.description = description.into();
     l.quantity = Some("1".into());
     l.value_per_quantity = Some("1".into());
     l.value = "1.00".into();
