@@ -99,11 +99,13 @@ pub(crate) fn shared_text(text: &str) -> Arc<str> {
 const SHARED_TEXTS: usize = 4096;
 
 /// A line's metadata: a few string pairs, kept sorted by key (serialized as a JSON object, like
-/// a `BTreeMap`). A sorted `Vec` rather than a `BTreeMap`: an invoice has dozens of lines with
+/// a `BTreeMap`). A sorted vector rather than a `BTreeMap`: an invoice has dozens of lines with
 /// two to four entries each, and a B-tree node per line was most of an invoice's memory. Keys
-/// are nearly always literals, so they are not allocated.
+/// are nearly always literals, so they are not allocated. Shared, copied on write: the entries
+/// of a slab line (`order`, `priceType`) are the same on every invoice of a plan, so they are
+/// made once per rating thread ([`slab_meta`]) and only pointed at.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LineMeta(ThinVec<(Cow<'static, str>, Text)>);
+pub struct LineMeta(Option<Arc<ThinVec<(Cow<'static, str>, Text)>>>);
 
 impl LineMeta {
     /// Set `key` (replacing its value when present).
@@ -116,20 +118,31 @@ impl LineMeta {
         self.set(Cow::Owned(key), value.into())
     }
 
+    fn entries(&self) -> &[(Cow<'static, str>, Text)] {
+        self.0.as_deref().map_or(&[], |v| v.as_slice())
+    }
+
+    /// The entries to change: this line's own (copied first if they are shared).
+    fn entries_mut(&mut self) -> &mut ThinVec<(Cow<'static, str>, Text)> {
+        Arc::make_mut(self.0.get_or_insert_with(Default::default))
+    }
+
     fn set(&mut self, key: Cow<'static, str>, value: Text) {
-        match self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key.as_ref())) {
-            Ok(i) => self.0[i].1 = value,
-            Err(i) => self.0.insert(i, (key, value)),
+        let v = self.entries_mut();
+        match v.binary_search_by(|(k, _)| k.as_ref().cmp(key.as_ref())) {
+            Ok(i) => v[i].1 = value,
+            Err(i) => v.insert(i, (key, value)),
         }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key)).ok().map(|i| self.0[i].1.as_str())
+        let v = self.entries();
+        v.binary_search_by(|(k, _)| k.as_ref().cmp(key)).ok().map(|i| v[i].1.as_str())
     }
 
     /// Room for `n` more entries: a line's few entries in a block of their size, not of four.
     pub fn reserve(&mut self, n: usize) {
-        self.0.reserve_exact(n);
+        self.entries_mut().reserve_exact(n);
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -137,14 +150,36 @@ impl LineMeta {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries().is_empty()
     }
 }
 
 impl Serialize for LineMeta {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (k.as_ref(), v)))
+        s.collect_map(self.entries().iter().map(|(k, v)| (k.as_ref(), v)))
     }
+}
+
+/// The metadata of a slab line, `order` and `priceType`: shared by every line of that slab made
+/// on this thread (a memo like [`shared_text`], bounded the same way).
+fn slab_meta(order: u32, price_type: &'static str) -> LineMeta {
+    thread_local! {
+        static MEMO: std::cell::RefCell<rustc_hash::FxHashMap<(u32, &'static str), LineMeta>> = Default::default();
+    }
+    MEMO.with_borrow_mut(|m| {
+        if m.len() >= SHARED_TEXTS && !m.contains_key(&(order, price_type)) {
+            m.clear();
+        }
+        m.entry((order, price_type))
+            .or_insert_with(|| {
+                let mut meta = LineMeta::default();
+                meta.reserve(2);
+                meta.insert("order", order.to_compact_string());
+                meta.insert("priceType", price_type);
+                meta
+            })
+            .clone()
+    })
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -304,9 +339,7 @@ fn card_line(
         let mut sl = LineItem::new("USAGE_RATE_CARD_SLAB_AMOUNT", shared_text(&slab_description(s)), exact_text(s.revenue));
         sl.quantity = Some(exact_text(s.quantity));
         sl.value_per_quantity = Some(exact_text(s.rate));
-        sl.metadata.reserve(2 + usize::from(s.packages.is_some()));
-        sl.metadata.insert("order", s.order.to_compact_string());
-        sl.metadata.insert("priceType", s.price_type.as_str());
+        sl.metadata = slab_meta(s.order, s.price_type.as_str());
         if let Some(p) = s.packages {
             sl.metadata.insert("packageQuantity", exact_text(p));
         }
@@ -1178,6 +1211,15 @@ mod tests {
             permute(&mut v, order);
             prop_assert_eq!(v, expected);
         }
+    }
+
+    #[test]
+    fn slab_metadata_is_shared_and_copied_on_write() {
+        let (a, mut b) = (slab_meta(2, "PACKAGE"), slab_meta(2, "PACKAGE"));
+        assert!(Arc::ptr_eq(a.0.as_ref().unwrap(), b.0.as_ref().unwrap()));
+        b.insert("packageQuantity", "3");
+        assert_eq!((a.get("order"), a.get("priceType"), a.get("packageQuantity")), (Some("2"), Some("PACKAGE"), None));
+        assert_eq!(serde_json::to_string(&b).unwrap(), r#"{"order":"2","packageQuantity":"3","priceType":"PACKAGE"}"#);
     }
 
     #[test]
