@@ -38,13 +38,24 @@ type Span = (i64, i64, u32, i64);
 /// The catalog's accounts, aliases and windows, indexed for per-row lookups. Built once per run.
 pub struct Assigner<'c> {
     index: Map<&'c str, u32>,
+    /// The account ids of at most [`SHORT`] bytes by their [`short_key`], for the per-row
+    /// lookup: a key of the row's own bytes, hashed and compared as one integer, and no read of
+    /// the catalog's text (at 100k accounts that read was a cache miss on every row). A short
+    /// value missing here names no account id.
+    short: Map<u128, u32>,
     ids: Vec<&'c str>,
     /// Account index → index of its group's representative (the smallest account of the group).
     group: Vec<u32>,
     aliases: Map<&'c str, Vec<AliasSpan>>,
     /// Alias value → group representative.
     alias_group: Map<&'c str, u32>,
-    windows: Vec<Vec<Span>>,
+    /// Every account's windows, sorted by start, one account after another: account `i`'s are
+    /// `spans[span_at[i]..span_at[i + 1]]` (one vector, not one per account: a row's window is
+    /// one memory read fewer).
+    spans: Vec<Span>,
+    span_at: Vec<u32>,
+    /// The event schema names: compared one by one when they are few, else hashed.
+    schema_list: Vec<&'c str>,
     schemas: Set<&'c str>,
     /// The account field values whose partition hash is not that of their own text (accounts
     /// that are not their group's representative, alias values) → their group's hash.
@@ -54,6 +65,22 @@ pub struct Assigner<'c> {
 /// The hash that picks an account group's partition.
 fn partition_hash(key: &str) -> u64 {
     FixedState::with_seed(0x6269_6c6c_7275_6e00).hash_one(key)
+}
+
+/// The longest text a [`short_key`] holds.
+const SHORT: usize = 15;
+
+/// A text of at most [`SHORT`] bytes as one integer: its bytes, then its length in the last
+/// byte (so that texts that differ only by trailing zero bytes differ).
+fn short_key(s: &str) -> Option<u128> {
+    let b = s.as_bytes();
+    if b.len() > SHORT {
+        return None;
+    }
+    let mut k = [0u8; 16];
+    k[..b.len()].copy_from_slice(b);
+    k[15] = b.len() as u8;
+    Some(u128::from_le_bytes(k))
 }
 
 /// Rows per parallel chunk of [`Assigner::assign`]'s lookups.
@@ -159,17 +186,36 @@ impl<'c> Assigner<'c> {
         }
         let group: Vec<u32> = (0..ids.len() as u32).map(|i| find(&mut parent, i)).collect();
         let alias_group = aliases.iter().map(|(k, v)| (*k, group[v[0].0 as usize])).collect();
-        let mut per_account: Vec<Vec<Span>> = vec![Vec::new(); ids.len()];
-        for w in windows {
-            if let Some(&i) = index.get(w.account_id.as_str()) {
-                per_account[i as usize].push((w.start_us, w.end_us, w.id, w.due_us));
+        let mut spans: Vec<(u32, Span)> = windows
+            .iter()
+            .filter_map(|w| Some((*index.get(w.account_id.as_str())?, (w.start_us, w.end_us, w.id, w.due_us))))
+            .collect();
+        spans.sort_unstable();
+        let mut span_at = Vec::with_capacity(ids.len() + 1);
+        let mut k = 0;
+        for i in 0..=ids.len() as u32 {
+            while k < spans.len() && spans[k].0 < i {
+                k += 1;
             }
+            span_at.push(k as u32);
         }
-        for spans in &mut per_account {
-            spans.sort_unstable();
-        }
-        let schemas = catalog.event_schemas.keys().map(String::as_str).collect();
-        let mut a = Assigner { index, ids, group, aliases, alias_group, windows: per_account, schemas, redirect: Map::default() };
+        let spans = spans.into_iter().map(|s| s.1).collect();
+        let short = ids.iter().enumerate().filter_map(|(i, id)| Some((short_key(id)?, i as u32))).collect();
+        let schema_list: Vec<&str> = catalog.event_schemas.keys().map(String::as_str).collect();
+        let schemas = schema_list.iter().copied().collect();
+        let mut a = Assigner {
+            index,
+            short,
+            ids,
+            group,
+            aliases,
+            alias_group,
+            spans,
+            span_at,
+            schema_list,
+            schemas,
+            redirect: Map::default(),
+        };
         a.redirect =
             a.group_table().into_iter().filter(|(value, rep)| value != rep).map(|(value, rep)| (value, partition_hash(rep))).collect();
         a
@@ -203,6 +249,10 @@ impl<'c> Assigner<'c> {
     /// names no account (what [`Self::partition`] reduces).
     fn group_hash(&self, raw: Option<&str>) -> u64 {
         let raw = raw.unwrap_or("");
+        // an empty map would still hash `raw` to look in it
+        if self.redirect.is_empty() {
+            return partition_hash(raw);
+        }
         self.redirect.get(raw).copied().unwrap_or_else(|| partition_hash(raw))
     }
 
@@ -215,14 +265,31 @@ impl<'c> Assigner<'c> {
     }
 
     fn resolve(&self, raw: &str, ts: i64) -> Option<u32> {
-        if let Some(&i) = self.index.get(raw) {
+        if let Some(i) = self.account(raw) {
             return Some(i);
         }
         self.aliases.get(raw)?.iter().find(|(_, from, until)| ts >= *from && ts < *until).map(|s| s.0)
     }
 
+    /// The account id `raw` is, if any.
+    fn account(&self, raw: &str) -> Option<u32> {
+        match short_key(raw) {
+            Some(k) => self.short.get(&k).copied(),
+            None => self.index.get(raw).copied(),
+        }
+    }
+
+    fn is_schema(&self, name: &str) -> bool {
+        if self.schema_list.len() <= 8 {
+            self.schema_list.contains(&name)
+        } else {
+            self.schemas.contains(name)
+        }
+    }
+
     fn window(&self, account: u32, ts: i64) -> Option<&Span> {
-        let spans = &self.windows[account as usize];
+        let a = account as usize;
+        let spans = &self.spans[self.span_at[a] as usize..self.span_at[a + 1] as usize];
         // the last window starting at or before ts, if ts is before its end
         let k = spans.partition_point(|s| s.0 <= ts);
         spans[..k].iter().rev().find(|s| ts < s.1)
@@ -231,7 +298,7 @@ impl<'c> Assigner<'c> {
     /// What a row gets unless it is a duplicate: its account (direct, or the alias valid at its
     /// timestamp) and the first reason among schema, account, as-of, window and grace period.
     fn row(&self, raw: Option<&str>, schema: Option<&str>, t: Option<i64>, ing: Option<i64>, r1: u32, as_of_us: i64) -> Row<'_> {
-        let direct = raw.and_then(|a| self.index.get(a).copied());
+        let direct = raw.and_then(|a| self.account(a));
         let mut row = Row { acc: direct, group: None, win: None, reason: r1 as u8, dedup: r1 == 0, aliased: false };
         if r1 != 0 {
             return row;
@@ -241,7 +308,7 @@ impl<'c> Assigner<'c> {
             Some(i) => Some(self.group[i as usize]),
             None => raw.and_then(|a| self.alias_group.get(a).copied()),
         };
-        if !schema.is_some_and(|s| self.schemas.contains(s)) {
+        if !schema.is_some_and(|s| self.is_schema(s)) {
             row.reason = Reason::SchemaNotDefined as u8;
             return row;
         }
@@ -368,14 +435,15 @@ impl<'c> Assigner<'c> {
         let mut account: Vec<Option<&str>> = Vec::with_capacity(n);
         let mut window = Vec::with_capacity(n);
         let mut due = Vec::with_capacity(n);
-        for (row, dup) in rows.iter().zip(duplicate) {
+        for ((row, dup), raw) in rows.iter().zip(duplicate).zip(raws.iter()) {
             let (r, acc, win) = if dup {
                 (Reason::Duplicate as u32, if row.aliased { None } else { row.acc }, None)
             } else {
                 (row.reason as u32, row.acc, row.win)
             };
             reason.push(r);
-            account.push(acc.map(|i| self.ids[i as usize]));
+            // a direct account is the row's own text (already in cache), an alias's the catalog's
+            account.push(acc.map(|i| if row.aliased { self.ids[i as usize] } else { raw.expect("a direct account has a raw value") }));
             window.push(win.map(|s| s.2));
             due.push(win.map(|s| s.3));
         }
@@ -397,6 +465,29 @@ mod tests {
     use super::*;
     use crate::catalog::{load_dir, LoadContext};
     use crate::money::Currency;
+
+    /// The per-row account lookup (short texts as integers, long ones by text) finds exactly
+    /// the catalog's account ids, whatever their length, and nothing that only resembles one.
+    #[test]
+    fn account_lookup_finds_exactly_the_account_ids() {
+        assert_ne!(short_key("a"), short_key("a\0"));
+        assert_ne!(short_key(""), short_key("\0"));
+        assert!(short_key("fifteen-bytes-x").is_some() && short_key("sixteen-bytes-xx").is_none());
+        let usd = Currency::new("USD").unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/01-quickstart/catalog");
+        let mut cat = load_dir(&dir, &LoadContext { base_currency: &usd, time_zone: chrono_tz::UTC }).unwrap();
+        let template = cat.accounts.values().next().unwrap().clone();
+        for id in ["acct-with-a-long-identifier-0001", "x", "fifteen-bytes-x"] {
+            cat.accounts.insert(id.into(), crate::catalog::Account { id: id.into(), ..template.clone() });
+        }
+        let a = Assigner::new(&cat, &[]);
+        for (i, id) in a.ids.iter().enumerate() {
+            assert_eq!(a.account(id), Some(i as u32), "{id}");
+        }
+        for other in ["", "\0", "x\0", "X", "fifteen-bytes-", "fifteen-bytes-xy", "acct-with-a-long-identifier-000", "nobody"] {
+            assert_eq!(a.account(other), None, "{other:?}");
+        }
+    }
 
     /// First arrival per (account group, id) by one plain pass over the rows sorted in arrival
     /// order, for ids of any spelling: what the parallel lookups and the sharded dedup must give
