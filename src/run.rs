@@ -800,6 +800,16 @@ fn read_two_pass(
     drop(pb);
     // reading and ingesting ran side by side
     let [frame, ingest, meter] = split.stages();
+    tracing::info!(
+        wall = lap.elapsed().as_secs_f64(),
+        read = read_seconds,
+        waiting = reading.blocked.as_secs_f64(),
+        frame = frame.1,
+        ingest = ingest.1,
+        meter = meter.1,
+        aside = reading.aside.rows(),
+        "second pass: seconds on the reading thread and on the ingest thread by stage"
+    );
     timings.lap_shared(&[("read", read_seconds), frame, ingest, meter], lap);
     let mut outs = outs;
     if reading.aside.rows() > 0 {
