@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, RecordBatch, StringArray, StringViewArray};
-use arrow::datatypes::{DataType as ADataType, Int64Type, TimeUnit};
+use arrow::datatypes::{DataType as ADataType, Decimal128Type, Int64Type, TimeUnit};
 use polars::prelude::*;
 
 use crate::meter::FrameColumns;
@@ -81,7 +81,7 @@ fn text(a: &ArrayRef, column: &str) -> Result<ArrayRef, FrameError> {
 
 /// An attribute column as exact mantissas at one scale, plus the rows that held a non-number.
 struct Normalised {
-    values: Vec<Option<i128>>,
+    values: Decimal128Array,
     scale: u32,
     /// The rows whose value is not a number (rare), with its raw text.
     bad: Vec<(usize, String)>,
@@ -90,7 +90,7 @@ struct Normalised {
 fn normalise_attribute(a: &ArrayRef, column: &str) -> Result<Normalised, FrameError> {
     let n = a.len();
     match a.data_type() {
-        ADataType::Null => Ok(Normalised { values: vec![None; n], scale: 0, bad: Vec::new() }),
+        ADataType::Null => Ok(Normalised { values: Decimal128Array::new_null(n), scale: 0, bad: Vec::new() }),
         ADataType::Int8
         | ADataType::Int16
         | ADataType::Int32
@@ -99,12 +99,12 @@ fn normalise_attribute(a: &ArrayRef, column: &str) -> Result<Normalised, FrameEr
         | ADataType::UInt16
         | ADataType::UInt32 => {
             let c = arrow::compute::cast(a, &ADataType::Int64)?;
-            let c = c.as_primitive::<Int64Type>();
-            Ok(Normalised { values: c.iter().map(|v| v.map(i128::from)).collect(), scale: 0, bad: Vec::new() })
+            // one pass over the values; the nulls are the column's own
+            let values = c.as_primitive::<Int64Type>().unary::<_, Decimal128Type>(i128::from);
+            Ok(Normalised { values, scale: 0, bad: Vec::new() })
         }
         ADataType::Decimal128(_, s) if *s >= 0 => {
-            let c = a.as_any().downcast_ref::<Decimal128Array>().expect("decimal128");
-            Ok(Normalised { values: c.iter().collect(), scale: *s as u32, bad: Vec::new() })
+            Ok(Normalised { values: a.as_primitive::<Decimal128Type>().clone(), scale: *s as u32, bad: Vec::new() })
         }
         ADataType::Utf8 | ADataType::LargeUtf8 | ADataType::Utf8View | ADataType::UInt64 => {
             let c = arrow::compute::cast(a, &ADataType::Utf8)?;
@@ -117,7 +117,7 @@ fn normalise_attribute(a: &ArrayRef, column: &str) -> Result<Normalised, FrameEr
                 .collect();
             let scale = parsed.iter().flatten().map(|(_, s)| *s).max().unwrap_or(0);
             let mut bad = Vec::new();
-            let values = parsed
+            let values: Decimal128Array = parsed
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
@@ -193,18 +193,22 @@ pub fn build(batches: &[RecordBatch]) -> Result<EventFrame, FrameError> {
                     let column = format!("{ATTR_PREFIX}{name}");
                     let parts = batches.iter().map(|b| normalise_attribute(&get(b, &column), &column)).collect::<Result<Vec<_>, _>>()?;
                     let scale = parts.iter().map(|p| p.scale).max().unwrap_or(0);
-                    let mut values = arrow::array::Decimal128Builder::with_capacity(total);
-                    let (mut row, mut bad) = (0, Vec::new());
+                    let (mut row, mut bad, mut arrays) = (0, Vec::new(), Vec::with_capacity(parts.len()));
                     for p in parts {
                         bad.extend(p.bad.into_iter().map(|(i, r)| (row + i, r)));
                         row += p.values.len();
-                        if p.scale == scale {
-                            values.extend(p.values);
-                        } else {
-                            values.extend(p.values.into_iter().map(|v| v.and_then(|v| numeric::upscale(v, p.scale, scale))));
-                        }
+                        let values = match p.scale == scale {
+                            true => p.values,
+                            // a value that cannot be held at the column's scale becomes null
+                            false => p.values.unary_opt::<_, Decimal128Type>(|v| numeric::upscale(v, p.scale, scale)),
+                        };
+                        arrays.push(Arc::new(values.with_precision_and_scale(38, scale as i8)?) as ArrayRef);
                     }
-                    let a: ArrayRef = Arc::new(values.finish().with_precision_and_scale(38, scale as i8)?);
+                    let a: ArrayRef = match arrays.len() {
+                        0 => Arc::new(Decimal128Array::new_null(0).with_precision_and_scale(38, scale as i8)?),
+                        1 => arrays.pop().expect("one"),
+                        _ => concat(arrays)?,
+                    };
                     Ok((to_polars(&column, &a)?, Some((scale, bad))))
                 }
             })

@@ -16,7 +16,7 @@ use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
@@ -196,20 +196,12 @@ impl<'a> Partitioner<'a> {
     }
 
     fn scatter(&mut self, batch: &RecordBatch) -> Result<(), PartitionError> {
-        let accounts = match batch.column_by_name(ACCOUNT_ID) {
-            Some(a) => arrow::compute::cast(a, &DataType::Utf8).map_err(|e| self.arrow(e))?,
-            None => arrow::array::new_null_array(&DataType::Utf8, batch.num_rows()),
-        };
-        let accounts = accounts.as_string::<i32>();
+        let accounts = billrun_connectors::schema::Text::of(batch, ACCOUNT_ID).map_err(|e| self.arrow(e))?;
         // each row's bucket on every core: the account lookup was a fifth of the read stage
         let buckets: Vec<u8> = {
             use rayon::prelude::*;
             let assigner = self.assigner;
-            (0..accounts.len())
-                .into_par_iter()
-                .with_min_len(4096)
-                .map(|i| assigner.partition(accounts.is_valid(i).then(|| accounts.value(i)), BUCKETS) as u8)
-                .collect()
+            (0..batch.num_rows()).into_par_iter().with_min_len(4096).map(|i| assigner.partition(accounts.get(i), BUCKETS) as u8).collect()
         };
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); BUCKETS];
         for (i, b) in buckets.into_iter().enumerate() {

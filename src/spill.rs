@@ -60,7 +60,12 @@ fn narrow_column(c: &ArrayRef) -> ArrayRef {
     if c.data_type() != &DataType::Null && c.null_count() == c.len() {
         return new_null_array(&DataType::Null, c.len());
     }
-    if let Some(s) = c.as_string_opt::<i32>() {
+    // string views are written as `Utf8` (their text in one buffer, not the pages they point into)
+    let utf8 = match c.data_type() {
+        DataType::Utf8View => arrow::compute::cast(c, &DataType::Utf8).expect("string views cast to Utf8"),
+        _ => Arc::clone(c),
+    };
+    if let Some(s) = utf8.as_string_opt::<i32>() {
         if let Some(u) = uuids(s) {
             return u;
         }
@@ -68,7 +73,7 @@ fn narrow_column(c: &ArrayRef) -> ArrayRef {
             return d;
         }
     }
-    Arc::clone(c)
+    utf8
 }
 
 /// Every value as its 128 bits, or `None` at the first value that is not a canonical UUID.
@@ -106,7 +111,7 @@ pub fn widen(batch: RecordBatch, original: &SchemaRef) -> Result<RecordBatch, Ar
         return batch.with_schema(Arc::clone(original));
     }
     let n = batch.num_rows();
-    let text = |f: &Field| f.data_type() == &DataType::Utf8;
+    let text = |f: &Field| matches!(f.data_type(), DataType::Utf8 | DataType::Utf8View);
     let columns = original
         .fields()
         .iter()
@@ -119,6 +124,8 @@ pub fn widen(batch: RecordBatch, original: &SchemaRef) -> Result<RecordBatch, Ar
                 Ok(Arc::new(StringViewArray::from(t.as_string::<i32>())) as ArrayRef)
             }
             DataType::Dictionary(..) if text(f) => arrow::compute::cast(c, &DataType::Utf8View),
+            // string views written as `Utf8`
+            DataType::Utf8 if f.data_type() == &DataType::Utf8View => Ok(Arc::new(StringViewArray::from(c.as_string::<i32>())) as ArrayRef),
             DataType::Dictionary(..) => arrow::compute::cast(c, f.data_type()),
             t => Err(ArrowError::SchemaError(format!("spilled column `{}` is {t}, not an encoding of {}", f.name(), f.data_type()))),
         })
@@ -224,6 +231,21 @@ mod tests {
         RecordBatch::try_new(Arc::clone(original), columns).unwrap()
     }
 
+    /// `b` with its `Utf8` columns as string views.
+    fn as_views(b: &RecordBatch) -> RecordBatch {
+        let fields: Vec<Field> = b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        let schema = Arc::new(Schema::new(fields).with_metadata(b.schema().metadata().clone()));
+        as_original(b.clone(), &schema)
+    }
+
     #[test]
     fn text_that_is_not_a_canonical_uuid_or_has_many_values_stays_text() {
         // one upper-case UUID keeps the column as text: its spelling must come back as it was
@@ -237,6 +259,13 @@ mod tests {
         let n = narrow(&b).unwrap();
         assert_eq!(n.schema().field(1).data_type(), &DataType::Utf8);
         assert_eq!(as_original(widen(n, &b.schema()).unwrap(), &b.schema()), b);
+        // string views are spilled as `Utf8` and come back as views
+        let v = as_views(&b);
+        let n = narrow(&v).unwrap();
+        assert_eq!(n.schema().field(1).data_type(), &DataType::Utf8);
+        let w = widen(n, &v.schema()).unwrap();
+        assert_eq!(w.schema().field(1).data_type(), &DataType::Utf8View);
+        assert_eq!(w, v);
     }
 
     proptest! {
@@ -252,7 +281,11 @@ mod tests {
             // slices too: a bucket's rows are taken from a larger batch
             let b = b.slice(start.min(n - 1), n - start.min(n - 1));
             let narrowed = narrow(&b).unwrap();
-            prop_assert_eq!(as_original(widen(narrowed, &b.schema()).unwrap(), &b.schema()), b);
+            prop_assert_eq!(as_original(widen(narrowed, &b.schema()).unwrap(), &b.schema()), b.clone());
+            // and with its text as string views, as the Parquet reader gives it
+            let v = as_views(&b);
+            let narrowed = narrow(&v).unwrap();
+            prop_assert_eq!(as_original(widen(narrowed, &v.schema()).unwrap(), &v.schema()), v);
         }
     }
 }

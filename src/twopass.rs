@@ -18,11 +18,11 @@
 
 use std::collections::HashSet;
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::DataType;
 use arrow::error::ArrowError;
 use billrun_connectors::file::ColumnMapping;
-use billrun_connectors::schema::{ACCOUNT_ID, EVENT_ID};
+use billrun_connectors::schema::{Text, ACCOUNT_ID, EVENT_ID};
 use billrun_connectors::source::SourceConfig;
 use foldhash::fast::FixedState;
 
@@ -60,23 +60,11 @@ pub fn keys_only(source: &SourceConfig) -> SourceConfig {
     s
 }
 
-/// A text column of a canonical batch as `Utf8` (null when the batch has no such column).
-fn text(batch: &RecordBatch, name: &str) -> Result<StringArray, ArrowError> {
-    let a = match batch.column_by_name(name) {
-        Some(a) => arrow::compute::cast(a, &DataType::Utf8)?,
-        None => arrow::array::new_null_array(&DataType::Utf8, batch.num_rows()),
-    };
-    Ok(a.as_string::<i32>().clone())
-}
-
 /// Each row's key hash ([`Assigner::key_hash`]), on every core.
 fn key_hashes(assigner: &Assigner, batch: &RecordBatch) -> Result<Vec<Option<u64>>, ArrowError> {
     use rayon::prelude::*;
-    let (ids, accounts) = (text(batch, EVENT_ID)?, text(batch, ACCOUNT_ID)?);
-    fn value(a: &StringArray, i: usize) -> Option<&str> {
-        a.is_valid(i).then(|| a.value(i))
-    }
-    Ok((0..batch.num_rows()).into_par_iter().with_min_len(4096).map(|i| assigner.key_hash(value(&accounts, i), value(&ids, i))).collect())
+    let (ids, accounts) = (Text::of(batch, EVENT_ID)?, Text::of(batch, ACCOUNT_ID)?);
+    Ok((0..batch.num_rows()).into_par_iter().with_min_len(4096).map(|i| assigner.key_hash(accounts.get(i), ids.get(i))).collect())
 }
 
 /// The 40 bits of a key hash the scan keeps: (bucket, the next 32 bits).
@@ -163,8 +151,25 @@ impl Repeated {
             return Ok((batch.clone(), batch.slice(0, 0)));
         }
         let own = arrow::compute::not(&shared)?;
-        Ok((arrow::compute::filter_record_batch(batch, &own)?, arrow::compute::filter_record_batch(batch, &shared)?))
+        Ok((arrow::compute::filter_record_batch(batch, &own)?, detached(arrow::compute::filter_record_batch(batch, &shared)?)?))
     }
+}
+
+/// `batch` with its string views' text in buffers of its own: the few rows set aside are held
+/// (then spilled) long after their batch, and filtered views still point into all of its text.
+fn detached(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
+    if !batch.columns().iter().any(|c| c.data_type() == &DataType::Utf8View) {
+        return Ok(batch);
+    }
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8View => std::sync::Arc::new(c.as_string_view().gc()) as ArrayRef,
+            _ => std::sync::Arc::clone(c),
+        })
+        .collect();
+    RecordBatch::try_new(batch.schema(), columns)
 }
 
 #[cfg(test)]
@@ -197,24 +202,30 @@ mod tests {
         raws.push("ACC-GLOBEX");
         ids.push(String::new());
         raws.push("ACC-GLOBEX");
-        let batch = |ids: &[String], raws: &[&str]| {
+        // text in either canonical layout: `Utf8`, or string views (what the Parquet reader gives)
+        let batch = |ids: &[String], raws: &[&str], views: bool| {
+            let column = |v: Vec<Option<&str>>| -> arrow::array::ArrayRef {
+                if views {
+                    Arc::new(arrow::array::StringViewArray::from(v))
+                } else {
+                    Arc::new(arrow::array::StringArray::from(v))
+                }
+            };
+            let t = if views { DataType::Utf8View } else { DataType::Utf8 };
             let schema = Arc::new(arrow::datatypes::Schema::new(vec![
-                arrow::datatypes::Field::new(EVENT_ID, DataType::Utf8, true),
-                arrow::datatypes::Field::new(ACCOUNT_ID, DataType::Utf8, true),
+                arrow::datatypes::Field::new(EVENT_ID, t.clone(), true),
+                arrow::datatypes::Field::new(ACCOUNT_ID, t, true),
             ]));
             RecordBatch::try_new(
                 schema,
-                vec![
-                    Arc::new(StringArray::from(ids.iter().map(|s| Some(s.as_str())).collect::<Vec<_>>())),
-                    Arc::new(StringArray::from(raws.iter().map(|s| Some(*s)).collect::<Vec<_>>())),
-                ],
+                vec![column(ids.iter().map(|s| Some(s.as_str())).collect()), column(raws.iter().map(|s| Some(*s)).collect())],
             )
             .unwrap()
         };
         // the scan sees the input in two batches, as a source hands it over
         let mut scan = KeyScan::new(&a);
-        scan.push(&batch(&ids[..1500], &raws[..1500])).unwrap();
-        scan.push(&batch(&ids[1500..], &raws[1500..])).unwrap();
+        scan.push(&batch(&ids[..1500], &raws[..1500], true)).unwrap();
+        scan.push(&batch(&ids[1500..], &raws[1500..], false)).unwrap();
         assert_eq!(scan.rows(), ids.len() as u64);
         let repeated = scan.finish();
         let mut count = std::collections::HashMap::new();
@@ -223,13 +234,21 @@ mod tests {
         }
         let want_aside: Vec<bool> = ids.iter().zip(&raws).map(|(id, raw)| !id.is_empty() && count[&(raw, id)] > 1).collect();
         assert_eq!(repeated.len(), count.iter().filter(|((_, id), n)| !id.is_empty() && **n > 1).count());
-        let (own, aside) = repeated.split(&a, &batch(&ids, &raws)).unwrap();
-        let aside_ids: Vec<(String, String)> = (0..aside.num_rows())
-            .map(|i| (text(&aside, ACCOUNT_ID).unwrap().value(i).to_string(), text(&aside, EVENT_ID).unwrap().value(i).to_string()))
-            .collect();
         let want: Vec<(String, String)> =
             (0..ids.len()).filter(|&i| want_aside[i]).map(|i| (raws[i].to_string(), ids[i].clone())).collect();
-        assert_eq!(aside_ids, want);
+        let (own, aside) = repeated.split(&a, &batch(&ids, &raws, false)).unwrap();
+        let (own_v, aside_v) = repeated.split(&a, &batch(&ids, &raws, true)).unwrap();
+        for aside in [&aside, &aside_v] {
+            let (accounts, events) = (Text::of(aside, ACCOUNT_ID).unwrap(), Text::of(aside, EVENT_ID).unwrap());
+            let aside_ids: Vec<(String, String)> =
+                (0..aside.num_rows()).map(|i| (accounts.get(i).unwrap().to_string(), events.get(i).unwrap().to_string())).collect();
+            assert_eq!(aside_ids, want);
+        }
+        assert_eq!(own_v.num_rows(), own.num_rows());
+        // the rows set aside hold only their own text, not the whole batch's
+        let held: usize = aside_v.column(0).as_string_view().data_buffers().iter().map(|b| b.len()).sum();
+        let wanted: usize = want.iter().map(|(_, id)| if id.len() > 12 { id.len() } else { 0 }).sum();
+        assert_eq!(held, wanted);
         assert_eq!(own.num_rows() + aside.num_rows(), ids.len());
         // the ids that are multiples of 3 come back 6 more times: 334 of them, 2338 rows aside
         // (but for the ones moved to another account); the rest, and the two rows without an id, stay

@@ -4,16 +4,20 @@
 //!
 //! | column        | type                                  |
 //! |---------------|---------------------------------------|
-//! | `event_id`    | Utf8, nullable                        |
-//! | `schema_name` | Utf8, nullable                        |
-//! | `account_id`  | Utf8, nullable                        |
+//! | `event_id`    | text, nullable                        |
+//! | `schema_name` | text, nullable                        |
+//! | `account_id`  | text, nullable                        |
 //! | `timestamp`   | Timestamp(Microsecond, "UTC"), nullable |
 //! | `ingested_at` | Timestamp(Microsecond, "UTC"), nullable |
 //!
 //! followed by zero or more `attributes.<name>` columns (Utf8 holding the exact
 //! decimal text, Int64, or Decimal128(p, s)), sorted by name, then zero or more
-//! `dimensions.<name>` columns (Utf8), sorted by name. Different batches may
+//! `dimensions.<name>` columns (text), sorted by name. Different batches may
 //! carry different attribute/dimension sets; the consumer unifies them.
+//!
+//! Text is `Utf8` or `Utf8View` (string views, the layout polars holds text in:
+//! the Parquet reader decodes into views, so no string is copied per row);
+//! [`is_text_type`], and [`Text`] reads either.
 
 use std::sync::Arc;
 
@@ -50,7 +54,8 @@ pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from(UTC)))
 }
 
-/// The five core fields, in canonical order, all nullable.
+/// The five core fields, in canonical order, all nullable (text as `Utf8`; a source may give
+/// any of them as `Utf8View` instead).
 pub fn core_fields() -> Vec<Field> {
     vec![
         Field::new(EVENT_ID, DataType::Utf8, true),
@@ -81,6 +86,47 @@ pub fn dimension_name(column: &str) -> Option<&str> {
     column.strip_prefix(DIM_PREFIX)
 }
 
+/// Whether `dt` is a text column type of the canonical schema: `Utf8` or `Utf8View`.
+pub fn is_text_type(dt: &DataType) -> bool {
+    matches!(dt, DataType::Utf8 | DataType::Utf8View)
+}
+
+/// A canonical text column, read row by row whichever of the two layouts it has.
+pub enum Text<'a> {
+    Utf8(&'a arrow::array::StringArray),
+    View(&'a arrow::array::StringViewArray),
+    /// An absent column: every row null.
+    Null,
+}
+
+impl<'a> Text<'a> {
+    /// The column `name` of `batch` (an absent column reads as null; a column of another type
+    /// is an error naming it).
+    pub fn of(batch: &'a RecordBatch, name: &str) -> Result<Self, arrow::error::ArrowError> {
+        use arrow::array::AsArray;
+        match batch.column_by_name(name) {
+            None => Ok(Text::Null),
+            Some(a) => match a.data_type() {
+                DataType::Utf8 => Ok(Text::Utf8(a.as_string::<i32>())),
+                DataType::Utf8View => Ok(Text::View(a.as_string_view())),
+                DataType::Null => Ok(Text::Null),
+                t => Err(arrow::error::ArrowError::SchemaError(format!("column `{name}` is {t}, not text"))),
+            },
+        }
+    }
+
+    /// Row `i`'s text, `None` when null.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<&'a str> {
+        use arrow::array::Array;
+        match self {
+            Text::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
+            Text::View(a) => a.is_valid(i).then(|| a.value(i)),
+            Text::Null => None,
+        }
+    }
+}
+
 /// Whether `dt` is an allowed attribute column type: Utf8, Int64 or Decimal128.
 pub fn is_attribute_type(dt: &DataType) -> bool {
     matches!(dt, DataType::Utf8 | DataType::Int64 | DataType::Decimal128(_, _))
@@ -98,7 +144,8 @@ pub fn check_canonical(batch: &RecordBatch) -> Result<(), String> {
         return Err(format!("batch has {} columns, the canonical schema needs at least {}", fields.len(), core.len()));
     }
     for (got, want) in fields.iter().zip(core.iter()) {
-        if got.name() != want.name() || got.data_type() != want.data_type() {
+        let same_type = got.data_type() == want.data_type() || (is_text_type(want.data_type()) && is_text_type(got.data_type()));
+        if got.name() != want.name() || !same_type {
             return Err(format!("expected column `{}` {}, found `{}` {}", want.name(), want.data_type(), got.name(), got.data_type()));
         }
     }
@@ -120,7 +167,7 @@ pub fn check_canonical(batch: &RecordBatch) -> Result<(), String> {
             if last_dim.is_some_and(|prev| prev >= dim) {
                 return Err(format!("dimension column `{}` out of order or duplicated", f.name()));
             }
-            if f.data_type() != &DataType::Utf8 {
+            if !is_text_type(f.data_type()) {
                 return Err(format!("dimension column `{}` has type {}", f.name(), f.data_type()));
             }
             last_dim = Some(dim);

@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectMeta, ObjectStore};
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::errors::ParquetError;
@@ -149,11 +149,29 @@ pub(crate) async fn read_parquet(
     meta: &ObjectMeta,
     mapping: &ColumnMapping,
 ) -> Result<FileOutput, ConnectorError> {
-    let reader = StoreReader { store, path: meta.location.clone(), size: meta.size };
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(|e| ctx.error(ErrorKind::Format, format!("not a readable Parquet file: {e}")))?;
-    let file_schema = Arc::clone(builder.schema());
+    let mut reader = StoreReader { store, path: meta.location.clone(), size: meta.size };
+    let unreadable = |e: ParquetError| ctx.error(ErrorKind::Format, format!("not a readable Parquet file: {e}"));
+    let file_meta = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new()).await.map_err(unreadable)?;
+    let file_schema = Arc::clone(file_meta.schema());
+    // text decoded straight into string views: a view points into the page's bytes (or holds a
+    // value of at most 12 bytes inline), so no string is copied into a buffer of its own, and
+    // the frame hands the views to polars as they are
+    let builder = {
+        let views = Arc::new(Schema::new_with_metadata(
+            file_schema
+                .fields()
+                .iter()
+                .map(|f| match base_type(f.data_type()) {
+                    DataType::Utf8 | DataType::LargeUtf8 => Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8View)),
+                    _ => Arc::clone(f),
+                })
+                .collect::<Vec<_>>(),
+            file_schema.metadata().clone(),
+        ));
+        let metadata = ArrowReaderMetadata::try_new(Arc::clone(file_meta.metadata()), ArrowReaderOptions::new().with_schema(views))
+            .map_err(unreadable)?;
+        ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
+    };
 
     // Every mapped column, with its role, checked before reading any data.
     let mut targets = vec![
@@ -229,6 +247,15 @@ fn to_utf8(col: &ArrayRef) -> Result<ArrayRef, ArrowError> {
     }
 }
 
+/// A text column as it is when it is `Utf8` or `Utf8View` (both canonical), else as `Utf8`.
+fn to_text(col: &ArrayRef) -> Result<ArrayRef, ArrowError> {
+    if schema::is_text_type(col.data_type()) {
+        Ok(Arc::clone(col))
+    } else {
+        to_utf8(col)
+    }
+}
+
 fn to_attribute(col: &ArrayRef) -> Result<ArrayRef, ArrowError> {
     let base = base_type(col.data_type()).clone();
     match base {
@@ -253,7 +280,7 @@ fn to_micros(
     col: &ArrayRef,
     row_offset: usize,
     bad: &mut Vec<(usize, String, String)>,
-) -> Result<Vec<Option<i64>>, ConnectorError> {
+) -> Result<TimestampMicrosecondArray, ConnectorError> {
     let base = base_type(col.data_type()).clone();
     let col = if col.data_type() == &base {
         Arc::clone(col)
@@ -269,10 +296,13 @@ fn to_micros(
     let scale = |vals: Vec<Option<i64>>, factor: i64| -> Result<Vec<Option<i64>>, ConnectorError> {
         vals.into_iter().enumerate().map(|(i, v)| v.map(|v| v.checked_mul(factor).ok_or_else(|| overflow(i))).transpose()).collect()
     };
-    match &base {
+    let values: Vec<Option<i64>> = match &base {
         DataType::Timestamp(TimeUnit::Second, _) => scale(col.as_primitive::<TimestampSecondType>().iter().collect(), 1_000_000),
         DataType::Timestamp(TimeUnit::Millisecond, _) => scale(col.as_primitive::<TimestampMillisecondType>().iter().collect(), 1_000),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => Ok(col.as_primitive::<TimestampMicrosecondType>().iter().collect()),
+        // already microseconds (nearly every file): the column itself, no copy
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            return Ok(col.as_primitive::<TimestampMicrosecondType>().clone().with_timezone(UTC))
+        }
         DataType::Timestamp(TimeUnit::Nanosecond, _) => col
             .as_primitive::<TimestampNanosecondType>()
             .iter()
@@ -310,7 +340,8 @@ fn to_micros(
                 .collect())
         }
         other => Err(ctx.error(ErrorKind::UnsupportedType, format!("column `{name}` has type {other}; billrun needs a timestamp"))),
-    }
+    }?;
+    Ok(TimestampMicrosecondArray::from(values).with_timezone(UTC))
 }
 
 fn convert(
@@ -323,28 +354,25 @@ fn convert(
 ) -> Result<RecordBatch, ConnectorError> {
     let n = batch.num_rows();
     let text = |name: &str| -> Result<ArrayRef, ConnectorError> {
-        to_utf8(column(batch, name)).map_err(|e| ctx.error(ErrorKind::Format, format!("column `{name}`: {e}")))
+        to_text(column(batch, name)).map_err(|e| ctx.error(ErrorKind::Format, format!("column `{name}`: {e}")))
     };
     let mut bad: Vec<(usize, String, String)> = Vec::new();
 
     let timestamp = to_micros(ctx, &mapping.timestamp, column(batch, &mapping.timestamp), row_offset, &mut bad)?;
     let ingested_at = match &mapping.ingested_at {
         Some(c) => to_micros(ctx, c, column(batch, c), row_offset, &mut bad)?,
-        None => vec![None; n],
+        None => TimestampMicrosecondArray::new_null(n).with_timezone(UTC),
     };
     let schema_name: ArrayRef = match (&mapping.schema_name, &mapping.schema_name_value) {
         (Some(c), _) => text(c)?,
         (None, Some(v)) => Arc::new(StringArray::from(vec![Some(v.as_str()); n])),
         (None, None) => Arc::new(StringArray::new_null(n)),
     };
-    let mut fields = schema::core_fields();
-    let mut columns: Vec<ArrayRef> = vec![
-        text(&mapping.event_id)?,
-        schema_name,
-        text(&mapping.account_id)?,
-        Arc::new(TimestampMicrosecondArray::from(timestamp).with_timezone(UTC)),
-        Arc::new(TimestampMicrosecondArray::from(ingested_at).with_timezone(UTC)),
-    ];
+    let mut columns: Vec<ArrayRef> =
+        vec![text(&mapping.event_id)?, schema_name, text(&mapping.account_id)?, Arc::new(timestamp), Arc::new(ingested_at)];
+    // the core fields with the text layout each column came in
+    let mut fields: Vec<Field> =
+        schema::core_fields().into_iter().zip(&columns).map(|(f, c)| f.with_data_type(c.data_type().clone())).collect();
     for (attr, col) in &mapping.attributes {
         let arr = to_attribute(column(batch, col))
             .map_err(|e| ctx.error(ErrorKind::UnsupportedType, format!("column `{col}` (attribute `{attr}`): {e}")))?;
@@ -352,8 +380,9 @@ fn convert(
         columns.push(arr);
     }
     for (dim, col) in &mapping.dimensions {
-        fields.push(Field::new(schema::dimension_column(dim), DataType::Utf8, true));
-        columns.push(text(col)?);
+        let arr = text(col)?;
+        fields.push(Field::new(schema::dimension_column(dim), arr.data_type().clone(), true));
+        columns.push(arr);
     }
     let schema = Arc::new(Schema::new(fields).with_metadata(metadata.clone()));
     let out = RecordBatch::try_new(schema, columns).map_err(|e| ctx.arrow_error(e))?;
