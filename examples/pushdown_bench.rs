@@ -89,7 +89,8 @@ fn main() {
         let n = out.num_rows();
         let frame = billrun::frame::build(&out.batches).expect("frame");
         drop(out);
-        let ing = ingest::ingest(frame, &cat, &windows, &billrun::assign::Assigner::new(&cat, &windows), as_of_us, true).expect("ingest");
+        let ing =
+            ingest::ingest(frame, &cat, &windows, &billrun::assign::Assigner::new(&cat, &windows), as_of_us, true, false).expect("ingest");
         let local_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let p = rt.block_on(pushdown(&pushed_source, &cat, &windows, as_of_us, &read)).expect("pushdown");

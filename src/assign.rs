@@ -186,10 +186,8 @@ impl<'c> Assigner<'c> {
         }
         let group: Vec<u32> = (0..ids.len() as u32).map(|i| find(&mut parent, i)).collect();
         let alias_group = aliases.iter().map(|(k, v)| (*k, group[v[0].0 as usize])).collect();
-        let mut spans: Vec<(u32, Span)> = windows
-            .iter()
-            .filter_map(|w| Some((*index.get(w.account_id.as_str())?, (w.start_us, w.end_us, w.id, w.due_us))))
-            .collect();
+        let mut spans: Vec<(u32, Span)> =
+            windows.iter().filter_map(|w| Some((*index.get(w.account_id.as_str())?, (w.start_us, w.end_us, w.id, w.due_us)))).collect();
         spans.sort_unstable();
         let mut span_at = Vec::with_capacity(ids.len() + 1);
         let mut k = 0;
@@ -203,19 +201,8 @@ impl<'c> Assigner<'c> {
         let short = ids.iter().enumerate().filter_map(|(i, id)| Some((short_key(id)?, i as u32))).collect();
         let schema_list: Vec<&str> = catalog.event_schemas.keys().map(String::as_str).collect();
         let schemas = schema_list.iter().copied().collect();
-        let mut a = Assigner {
-            index,
-            short,
-            ids,
-            group,
-            aliases,
-            alias_group,
-            spans,
-            span_at,
-            schema_list,
-            schemas,
-            redirect: Map::default(),
-        };
+        let mut a =
+            Assigner { index, short, ids, group, aliases, alias_group, spans, span_at, schema_list, schemas, redirect: Map::default() };
         a.redirect =
             a.group_table().into_iter().filter(|(value, rep)| value != rep).map(|(value, rep)| (value, partition_hash(rep))).collect();
         a

@@ -3,7 +3,8 @@
 //! Validity is a polars expression; first-arrival dedup, account and alias resolution at the
 //! event's time, schedule and cycle assignment and the grace period are one native pass
 //! (`assign.rs`); then the compiled meters (polars) and one group-by that yields this part's
-//! usage (window × meter, in the form that combines with other parts': `usage.rs`). Called once
+//! usage (window × meter, in the form that combines with other parts': `usage.rs`), or, when
+//! every meter is simple, one native pass that does both (`tally.rs`). Called once
 //! per partition of the input (`partition.rs`) or per chunk of arrival (`twopass.rs`, without
 //! dedup: its rows have keys of their own).
 
@@ -202,6 +203,7 @@ pub fn ingest(
     assigner: &Assigner,
     as_of_us: i64,
     dedup: bool,
+    polars_meters: bool,
 ) -> Result<IngestOutput, IngestError> {
     let EventFrame { df, columns } = frame;
     let events_read = df.height() as u64;
@@ -314,6 +316,12 @@ pub fn ingest(
         .chain(feature_meters.iter().map(|f| &f.0))
         .map(|m| compile_meter(m, &columns).map_err(|message| IngestError::Meter { meter: m.id.clone(), message }))
         .collect::<Result<_, _>>()?;
+    // simple meters (src/tally.rs) in one native pass, unless asked for polars' (the definition)
+    if !polars_meters && feature_meters.is_empty() {
+        if let Some(plan) = crate::tally::plan(catalog.meters.values(), &columns, windows.len()) {
+            return tallied(df, &plan, &compiled, events_read, meter_start);
+        }
+    }
     let mut lf = df.lazy();
     // each feature's credit validity in the event's window: `__fv_from_<k>` / `__fv_until_<k>`
     let features: Vec<&String> = {
@@ -468,6 +476,18 @@ pub fn ingest(
 
     usage.sort();
     let rejects = compact(df.lazy().filter(col(REASON).neq(code(0))).sort([SEQ], SortMultipleOptions::default()).collect()?)?;
+    finish(usage, &compiled, rejects, events_read, used_by_window, meter_start)
+}
+
+/// The output of a part: the rejects' counts by reason, the meter ids, the time the meter part took.
+fn finish(
+    usage: PartialUsage,
+    compiled: &[CompiledMeter],
+    rejects: DataFrame,
+    events_read: u64,
+    used_by_window: BTreeMap<u32, u64>,
+    meter_start: std::time::Instant,
+) -> Result<IngestOutput, IngestError> {
     let mut counts = BTreeMap::new();
     for c in rejects.column(REASON)?.u32()?.iter().flatten() {
         if let Some(r) = Reason::from_code(c as u8) {
@@ -479,4 +499,43 @@ pub fn ingest(
     let events_used = used_by_window.values().sum();
     let meter_seconds = meter_start.elapsed().as_secs_f64();
     Ok(IngestOutput { usage, meter_ids, rejects, counts, events_read, events_used, used_by_window, meter_seconds })
+}
+
+/// The meter part for simple meters ([`crate::tally`]): reasons, usage and used events per window
+/// from one native pass; the same usage entries and rejected rows as the polars path (every
+/// window with a used event has an entry for every meter, zero when nothing hit it), and the
+/// rejected rows carry the meters' `__hit_<i>` / `__units_<i>` columns like the polars path's
+/// (they explain a reject), evaluated on those rows only.
+fn tallied(
+    mut df: DataFrame,
+    plan: &crate::tally::Plan,
+    compiled: &[CompiledMeter],
+    events_read: u64,
+    meter_start: std::time::Instant,
+) -> Result<IngestOutput, IngestError> {
+    let t = plan.tally(&df).map_err(|o| match o {
+        crate::tally::TallyError::Polars(e) => IngestError::Polars(e),
+        crate::tally::TallyError::Overflow { meter, window } => IngestError::Overflow { meter: compiled[meter].meter_id.clone(), window },
+    })?;
+    df.with_column(t.reason.into_column())?;
+    let mut usage = PartialUsage::new(compiled.iter().map(|m| m.meter_id.clone()).collect());
+    let mut used = Vec::with_capacity(t.windows.len());
+    for (w, events, per) in t.windows {
+        used.push((w, events));
+        for (i, (m, v)) in compiled.iter().zip(per).enumerate() {
+            // a COUNT's hits at scale 0, a SUM's units at their attribute's
+            let value = numeric::to_decimal(v, m.scale).ok_or_else(|| IngestError::Overflow { meter: m.meter_id.clone(), window: w })?;
+            usage.push(w, i, Partial::Sum(value));
+        }
+    }
+    usage.sort();
+    let mut lf = df.lazy().filter(col(REASON).neq(code(0)));
+    for (i, m) in compiled.iter().enumerate() {
+        lf = lf.with_column(m.hit.clone().alias(format!("__hit_{i}")));
+        if let Some(u) = &m.units {
+            lf = lf.with_column(u.clone().alias(format!("__units_{i}")));
+        }
+    }
+    let rejects = compact(lf.sort([SEQ], SortMultipleOptions::default()).collect()?)?;
+    finish(usage, compiled, rejects, events_read, used.into_iter().collect(), meter_start)
 }

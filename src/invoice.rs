@@ -1072,7 +1072,9 @@ pub fn build_invoices(catalog: &Catalog, org: &Organization, windows: &[Window],
         .par_iter()
         .map(|w| {
             let mut out = Vec::new();
-            let (Some(account), Some(plan)) = (catalog.accounts.get(&w.account_id), catalog.plans.get(&w.plan_id)) else { return (None, out) };
+            let (Some(account), Some(plan)) = (catalog.accounts.get(&w.account_id), catalog.plans.get(&w.plan_id)) else {
+                return (None, out);
+            };
             let customer = catalog.customers.get(&account.customer_id).cloned().unwrap_or_default();
             let parts = Parts { w, account, plan, customer: &customer };
             let license_timeline = |id: &str| -> Vec<(i64, Decimal)> {

@@ -35,6 +35,7 @@ pub mod scenario;
 pub mod settle;
 pub mod simulate;
 pub mod spill;
+pub mod tally;
 pub mod twopass;
 pub mod usage;
 pub mod windows;

@@ -282,7 +282,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Test { paths, bless, memory_rows } => {
-            let mode = billrun::scenario::Mode { memory_rows: memory_rows.map(|n| n as usize), one_pass: false };
+            let mode = billrun::scenario::Mode { memory_rows: memory_rows.map(|n| n as usize), ..Default::default() };
             let (_, failed) = billrun::scenario::run_scenarios_with(&paths, bless, mode);
             if failed > 0 {
                 ExitCode::from(1)

@@ -66,6 +66,9 @@ pub struct RunOptions {
     /// Read every source once, partitioned by account (src/partition.rs), even where the
     /// two-pass path (src/twopass.rs) could be taken.
     pub one_pass: bool,
+    /// Evaluate every meter in polars (`meter`), also the simple ones `tally` evaluates natively
+    /// otherwise: polars' is the definition, and the golden harness compares the two.
+    pub polars_meters: bool,
 }
 
 /// Everything a run produced, in memory.
@@ -500,7 +503,7 @@ pub fn compute(opts: &RunOptions) -> Result<Computed, RunError> {
             originals.load(std::sync::atomic::Ordering::Relaxed),
         )?;
         let framed = t.elapsed().as_secs_f64();
-        let out = ingest::ingest(frame, &cat, &windows, &assigner, as_of_us, dedup)?;
+        let out = ingest::ingest(frame, &cat, &windows, &assigner, as_of_us, dedup, opts.polars_meters)?;
         Ok((out, framed))
     };
     let outs = match keys {

@@ -410,6 +410,8 @@ pub struct Mode {
     pub memory_rows: Option<usize>,
     /// Every source read once (partitioned by account past `memory_rows`).
     pub one_pass: bool,
+    /// Every meter evaluated in polars, also the simple ones (`RunOptions::polars_meters`).
+    pub polars_meters: bool,
 }
 
 /// Run one scenario; `Ok(problems)` (empty when it passes).
@@ -427,9 +429,16 @@ pub fn check_scenario(dir: &Path, bless: bool, mode: Mode) -> Result<Vec<String>
     };
     let mut reports = Vec::new();
     for as_of in dates {
-        let (memory_rows, one_pass) = (mode.memory_rows, mode.one_pass);
-        let opts =
-            RunOptions { config: dir.join("billrun.toml"), out: Some(out.clone()), as_of, memory_rows, one_pass, ..Default::default() };
+        let (memory_rows, one_pass, polars_meters) = (mode.memory_rows, mode.one_pass, mode.polars_meters);
+        let opts = RunOptions {
+            config: dir.join("billrun.toml"),
+            out: Some(out.clone()),
+            as_of,
+            memory_rows,
+            one_pass,
+            polars_meters,
+            ..Default::default()
+        };
         reports.push(run(&opts).map_err(|e| e.to_string())?);
     }
     let mut problems = Vec::new();

@@ -264,10 +264,17 @@ fn both_paths(dir: &Path) -> (PushdownOutput, PushdownOutput) {
     let t0 = std::time::Instant::now();
     let out = rt.block_on(read_source(&local_source, &read)).unwrap();
     assert!(out.bad_records.is_empty(), "{:?}", out.bad_records);
-    let frame = billrun::frame::build(&out.batches).unwrap();
-    let IngestOutput { usage, counts, events_read, events_used, used_by_window, .. } =
-        ingest::ingest(frame, &cat, &windows, &billrun::assign::Assigner::new(&cat, &windows), as_of_us, true).unwrap();
+    let assigner = billrun::assign::Assigner::new(&cat, &windows);
+    let ingest_with = |polars_meters: bool| {
+        let frame = billrun::frame::build(&out.batches).unwrap();
+        ingest::ingest(frame, &cat, &windows, &assigner, as_of_us, true, polars_meters).unwrap()
+    };
+    let IngestOutput { usage, counts, events_read, events_used, used_by_window, .. } = ingest_with(false);
     let local = PushdownOutput { usage: usage.finish().unwrap(), counts, events_read, events_used, used_by_window };
+    // the meters in polars (the definition) give the same, where src/tally.rs takes simple ones
+    let polars = ingest_with(true);
+    assert_eq!(polars.usage.finish().unwrap(), local.usage);
+    assert_eq!((&polars.counts, &polars.used_by_window), (&local.counts, &local.used_by_window));
     let t1 = std::time::Instant::now();
     let pushed = rt.block_on(pushdown(&source, &cat, &windows, as_of_us, &read)).unwrap();
     eprintln!("local path {:?}, pushdown {:?}", t1 - t0, t1.elapsed());
