@@ -419,7 +419,8 @@ impl<'c> Assigner<'c> {
         }
 
         let mut reason = Vec::with_capacity(n);
-        let mut account: Vec<Option<&str>> = Vec::with_capacity(n);
+        let aliased = rows.iter().any(|r| r.aliased);
+        let mut account: Vec<Option<&str>> = Vec::with_capacity(if aliased { n } else { 0 });
         let mut window = Vec::with_capacity(n);
         let mut due = Vec::with_capacity(n);
         for ((row, dup), raw) in rows.iter().zip(duplicate).zip(raws.iter()) {
@@ -430,14 +431,30 @@ impl<'c> Assigner<'c> {
             };
             reason.push(r);
             // a direct account is the row's own text (already in cache), an alias's the catalog's
-            account.push(acc.map(|i| if row.aliased { self.ids[i as usize] } else { raw.expect("a direct account has a raw value") }));
+            if aliased {
+                account.push(acc.map(|i| if row.aliased { self.ids[i as usize] } else { raw.expect("a direct account has a raw value") }));
+            }
             window.push(win.map(|s| s.2));
             due.push(win.map(|s| s.3));
         }
         use crate::ingest::{ACCOUNT, REASON, WINDOW};
+        let account = if aliased {
+            StringChunked::from_iter_options(ACCOUNT.into(), account.into_iter())
+        } else {
+            // no alias: every account is the row's own text where it names one, so the column is
+            // the raw column's views (no string copied) with the rows without an account null
+            let raw = raws.rechunk();
+            let views = raw
+                .downcast_iter()
+                .next()
+                .cloned()
+                .unwrap_or_else(|| polars_arrow::array::Utf8ViewArray::new_empty(ArrowDataType::Utf8View));
+            let found: polars_arrow::bitmap::Bitmap = rows.iter().map(|r| r.acc.is_some()).collect();
+            StringChunked::with_chunk(ACCOUNT.into(), views.with_validity(Some(found)))
+        };
         Ok(Assigned {
             reason: UInt32Chunked::from_vec(REASON.into(), reason),
-            account: StringChunked::from_iter_options(ACCOUNT.into(), account.into_iter()),
+            account,
             window: UInt32Chunked::from_iter_options(WINDOW.into(), window.into_iter()),
             due: Int64Chunked::from_iter_options(DUE.into(), due.into_iter()),
         })
