@@ -517,18 +517,18 @@ fn tallied(
         crate::tally::TallyError::Polars(e) => IngestError::Polars(e),
         crate::tally::TallyError::Overflow { meter, window } => IngestError::Overflow { meter: compiled[meter].meter_id.clone(), window },
     })?;
-    df.with_column(t.reason.into_column())?;
     let mut usage = PartialUsage::new(compiled.iter().map(|m| m.meter_id.clone()).collect());
     let mut used = Vec::with_capacity(t.windows.len());
-    for (w, events, per) in t.windows {
+    for (w, events, per) in t.per_window() {
         used.push((w, events));
-        for (i, (m, v)) in compiled.iter().zip(per).enumerate() {
+        for (i, (m, &v)) in compiled.iter().zip(per).enumerate() {
             // a COUNT's hits at scale 0, a SUM's units at their attribute's
             let value = numeric::to_decimal(v, m.scale).ok_or_else(|| IngestError::Overflow { meter: m.meter_id.clone(), window: w })?;
             usage.push(w, i, Partial::Sum(value));
         }
     }
     usage.sort();
+    df.with_column(t.reason.into_column())?;
     let mut lf = df.lazy().filter(col(REASON).neq(code(0)));
     for (i, m) in compiled.iter().enumerate() {
         lf = lf.with_column(m.hit.clone().alias(format!("__hit_{i}")));

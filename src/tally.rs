@@ -136,9 +136,20 @@ pub fn plan<'a>(meters: impl IntoIterator<Item = &'a Meter>, cols: &FrameColumns
 /// tally (COUNT: hits; SUM: the sum of the units' mantissas at the attribute's scale).
 pub struct Tally {
     pub reason: UInt32Chunked,
-    /// (window, used events, per meter: its hits (COUNT) or the sum of its units' mantissas at
-    /// the attribute's scale (SUM)), for the windows with a used event, in window order.
-    pub windows: Vec<(u32, u64, Vec<i128>)>,
+    /// (window, used events) for the windows with a used event, in window order.
+    pub windows: Vec<(u32, u64)>,
+    /// Per listed window, one after another, per meter: its hits (COUNT) or the sum of its
+    /// units' mantissas at the attribute's scale (SUM). One vector, not one per window: a
+    /// chunk of arrival meets most of the 100k windows.
+    pub tallies: Vec<i128>,
+}
+
+impl Tally {
+    /// Each listed window with its used events and its meters' tallies.
+    pub fn per_window(&self) -> impl Iterator<Item = (u32, u64, &[i128])> {
+        let k = if self.windows.is_empty() { 0 } else { self.tallies.len() / self.windows.len() };
+        self.windows.iter().enumerate().map(move |(j, &(w, e))| (w, e, &self.tallies[j * k..(j + 1) * k]))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -268,9 +279,12 @@ impl Plan {
                 *a = a.checked_add(b).ok_or(TallyError::Overflow { meter: j % k, window: (j / k) as u32 })?;
             }
         }
-        let windows =
-            events.iter().enumerate().filter(|(_, e)| **e > 0).map(|(w, e)| (w as u32, *e, slots[w * k..(w + 1) * k].to_vec())).collect();
-        Ok(Tally { reason: UInt32Chunked::from_vec(REASON.into(), reasons), windows })
+        let (mut windows, mut tallies) = (Vec::new(), Vec::new());
+        for (w, e) in events.iter().enumerate().filter(|(_, e)| **e > 0) {
+            windows.push((w as u32, *e));
+            tallies.extend_from_slice(&slots[w * k..(w + 1) * k]);
+        }
+        Ok(Tally { reason: UInt32Chunked::from_vec(REASON.into(), reasons), windows, tallies })
     }
 }
 
@@ -391,6 +405,7 @@ mod tests {
         let unmatched = Reason::NoMatchingMeters as u32;
         assert_eq!(t.reason.into_no_null_iter().collect::<Vec<_>>(), vec![0, 0, 0, invalid, 0, invalid, unmatched, 3, 0]);
         // per meter (count: hits; premium, priority, storage: sums of mantissas)
-        assert_eq!(t.windows, vec![(1, 3, vec![2, 10, 15, 150]), (2, 1, vec![1, 7, 0, 0]), (3, 1, vec![1, 0, 0, 0])]);
+        let per_window: Vec<(u32, u64, Vec<i128>)> = t.per_window().map(|(w, e, v)| (w, e, v.to_vec())).collect();
+        assert_eq!(per_window, vec![(1, 3, vec![2, 10, 15, 150]), (2, 1, vec![1, 7, 0, 0]), (3, 1, vec![1, 0, 0, 0])]);
     }
 }
