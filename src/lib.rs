@@ -26,6 +26,7 @@ pub mod numeric;
 pub mod partition;
 pub mod pushdown;
 pub mod rate;
+pub mod rejects;
 pub mod render;
 pub mod report;
 pub mod rerate;

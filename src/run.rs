@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use chrono::{DateTime, NaiveDate, SecondsFormat};
+use chrono::NaiveDate;
 use polars::prelude::*;
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
@@ -17,8 +17,8 @@ use crate::catalog::{self, Catalog, LoadContext};
 use crate::config::{self, Config, ConfigError};
 use crate::cycles::day_start;
 use crate::diag::Diagnostics;
-use crate::frame::{self, RAW_ATTRS};
-use crate::ingest::{self, Reason, REASON};
+use crate::frame;
+use crate::ingest::{self, Reason};
 use crate::invoice::{build_invoices, BuiltInvoice};
 use crate::ledger::{self, Ledger};
 use crate::lineitems::LineItemRow;
@@ -28,7 +28,6 @@ use crate::render::Renderer;
 use crate::windows::plan_windows;
 use billrun_connectors::file::BadRecord;
 use billrun_connectors::s3::S3Store;
-use billrun_connectors::schema::{ACCOUNT_ID, ATTR_PREFIX, DIM_PREFIX, EVENT_ID, INGESTED_AT, SCHEMA_NAME, TIMESTAMP};
 use billrun_connectors::store::{Created, LocalStore, Store};
 use billrun_connectors::{read_source_into, ReadWindow, SourceConfig};
 
@@ -304,127 +303,6 @@ pub fn safe_segment(id: &str) -> String {
     } else {
         s
     }
-}
-
-fn rfc3339(us: i64) -> Value {
-    DateTime::from_timestamp_micros(us).map_or(Value::Null, |t| Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
-}
-
-fn av_text(v: AnyValue) -> Option<String> {
-    match v {
-        AnyValue::Null => None,
-        AnyValue::String(s) => Some(s.to_string()),
-        AnyValue::StringOwned(s) => Some(s.to_string()),
-        AnyValue::Decimal(m, _, s) => crate::numeric::to_decimal(m, s as u32).map(crate::money::format_exact),
-        other => Some(other.to_string()),
-    }
-}
-
-/// Why exactly this rejected row was rejected (beyond its reason code).
-fn reject_detail(reason: Reason, rejects: &DataFrame, i: usize, cat: &Catalog, meter_ids: &[String]) -> String {
-    let text = |n: &str| rejects.column(n).ok().and_then(|c| c.get(i).ok()).and_then(av_text);
-    let present = |n: &str| rejects.column(n).ok().and_then(|c| c.get(i).ok()).is_some_and(|v| !v.is_null());
-    let names: Vec<String> = rejects.get_column_names().iter().map(|s| s.to_string()).collect();
-    match reason {
-        Reason::InvalidEvent => {
-            if !present(TIMESTAMP) {
-                return "the event has no timestamp".into();
-            }
-            let schema_name = text(SCHEMA_NAME).unwrap_or_default();
-            let Some(schema) = cat.event_schemas.get(&schema_name) else { return reason.describe().into() };
-            let mut extra = Vec::new();
-            for n in &names {
-                if let Some(a) = n.strip_prefix(ATTR_PREFIX) {
-                    if !schema.attributes.contains(a)
-                        && (present(n) || text(RAW_ATTRS).is_some_and(|r| r.contains(&format!("\"name\":\"{a}\""))))
-                    {
-                        extra.push(format!("attribute `{a}`"));
-                    }
-                } else if let Some(d) = n.strip_prefix(DIM_PREFIX) {
-                    if !schema.dimensions.contains(d) && present(n) {
-                        extra.push(format!("dimension `{d}`"));
-                    }
-                }
-            }
-            format!("{} not declared in event schema `{schema_name}`", extra.join(", "))
-        }
-        Reason::Duplicate => format!("event id `{}` arrived earlier (first arrival wins)", text(EVENT_ID).unwrap_or_default()),
-        Reason::SchemaNotDefined => format!("no event schema `{}` in the catalog", text(SCHEMA_NAME).unwrap_or_default()),
-        Reason::AccountNotFound => {
-            format!("`{}` is neither an account id nor an alias valid at the event's timestamp", text(ACCOUNT_ID).unwrap_or_default())
-        }
-        Reason::UnitsInvalid => {
-            if let Some(raw) = text(RAW_ATTRS) {
-                return format!("attribute value is not a decimal number (at most 18 decimal places): {raw}");
-            }
-            let failing: Vec<&str> = meter_ids
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| {
-                    let hit = rejects.column(&format!("__hit_{k}")).ok().and_then(|c| c.bool().ok()?.get(i)) == Some(true);
-                    let units = rejects.column(&format!("__units_{k}")).ok().and_then(|c| c.get(i).ok());
-                    hit && units.is_some_and(|u| u.is_null())
-                })
-                .map(|(_, m)| m.as_str())
-                .collect();
-            format!("usage meter {} gives no number for this event (a missing attribute, division by zero or overflow)", failing.join(", "))
-        }
-        other => other.describe().into(),
-    }
-}
-
-fn reject_lines(rejects: &DataFrame, bad: &[BadRecord], cat: &Catalog, meter_ids: &[String]) -> Result<Vec<(u8, String)>, PolarsError> {
-    let mut out = Vec::new();
-    for b in bad {
-        let v = json!({"reason": Reason::InvalidEvent.as_str(), "detail": b.error, "location": b.location, "raw": b.raw});
-        out.push((Reason::InvalidEvent as u8, v.to_string()));
-    }
-    let names: Vec<String> = rejects.get_column_names().iter().map(|s| s.to_string()).collect();
-    let reasons = rejects.column(REASON)?.u32()?.clone();
-    // each row on its own, on every core (the lines are sorted below)
-    use rayon::prelude::*;
-    let lines = (0..rejects.height()).into_par_iter().map(|i| {
-        let code = reasons.get(i).unwrap_or(0) as u8;
-        let reason = Reason::from_code(code).unwrap_or(Reason::InvalidEvent);
-        let get = |n: &str| rejects.column(n).ok().and_then(|c| c.get(i).ok()).and_then(av_text);
-        let geti = |n: &str| rejects.column(n).ok().and_then(|c| c.get(i).ok()).and_then(|v| v.extract::<i64>());
-        let mut attrs: Vec<Value> = Vec::new();
-        let mut dims = Map::new();
-        // enrichment dependencies are the account's settings, not part of the event
-        let dep = crate::jsonlogic::dependency_field("");
-        let is_dep = |n: &str| n.strip_prefix(ATTR_PREFIX).or(n.strip_prefix(DIM_PREFIX)).is_some_and(|f| f.starts_with(&dep));
-        for n in names.iter().filter(|n| !is_dep(n)) {
-            if let Some(a) = n.strip_prefix(ATTR_PREFIX) {
-                if let Some(v) = get(n) {
-                    attrs.push(json!({"name": a, "value": v}));
-                }
-            } else if let Some(d) = n.strip_prefix(DIM_PREFIX) {
-                if let Some(v) = get(n) {
-                    dims.insert(d.to_string(), Value::String(v));
-                }
-            }
-        }
-        if let Some(raw) = get(RAW_ATTRS).and_then(|r| serde_json::from_str::<Vec<Value>>(&r).ok()) {
-            attrs.extend(raw);
-            attrs.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-        }
-        let mut event = Map::new();
-        event.insert("id".into(), get(EVENT_ID).map_or(Value::Null, Value::String));
-        event.insert("schemaName".into(), get(SCHEMA_NAME).map_or(Value::Null, Value::String));
-        event.insert("accountId".into(), get(ACCOUNT_ID).map_or(Value::Null, Value::String));
-        event.insert("timestamp".into(), geti(TIMESTAMP).map_or(Value::Null, rfc3339));
-        if let Some(t) = geti(INGESTED_AT) {
-            event.insert("ingestedAt".into(), rfc3339(t));
-        }
-        event.insert("attributes".into(), Value::Array(attrs));
-        event.insert("dimensions".into(), Value::Object(dims));
-        let detail = reject_detail(reason, rejects, i, cat, meter_ids);
-        let v = json!({"reason": reason.as_str(), "detail": detail, "event": Value::Object(event)});
-        (code, v.to_string())
-    });
-    out.par_extend(lines);
-    out.par_sort_unstable();
-    Ok(out)
 }
 
 /// Everything a run computes before anything is written.
@@ -1257,7 +1135,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     timings.split_off("render", "write", write_seconds);
     let run_dir = format!("runs/{as_of}");
     let mut rej = String::new();
-    for (_, line) in reject_lines(&rejects, &bad, &cat, &meter_ids)? {
+    for (_, line) in crate::rejects::lines(&rejects, &bad, &cat, &meter_ids)? {
         rej.push_str(&line);
         rej.push('\n');
     }
