@@ -154,16 +154,55 @@ pub fn to_batch(rows: &[LineItemRow]) -> Result<RecordBatch, LineItemsError> {
 
 /// The rows as a zstd-compressed Parquet file (a valid file with the schema when `rows` is empty).
 /// Deterministic: the same rows give the same bytes.
+///
+/// A row group's columns are encoded on every core (the parquet crate's column writers, which
+/// `ArrowWriter` drives one after another) and appended in schema order, so the file is the
+/// very bytes `ArrowWriter` writes for the batch: same row groups (`ROW_GROUP_ROWS`), pages,
+/// dictionaries, statistics and metadata. At 100 000 invoices (700 000 lines) one core took
+/// most of a second.
 pub fn to_parquet(rows: &[LineItemRow]) -> Result<Vec<u8>, LineItemsError> {
-    let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?)).build();
+    use parquet::arrow::arrow_writer::compute_leaves;
+    use rayon::prelude::*;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build();
+    let schema = schema();
     let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, schema(), Some(props))?;
+    let w = ArrowWriter::try_new(&mut out, schema.clone(), Some(props))?;
+    let (mut file, factory) = w.into_serialized_writer()?;
     if !rows.is_empty() {
-        w.write(&to_batch(rows)?)?;
+        let batch = to_batch(rows)?;
+        let mut start = 0;
+        while start < batch.num_rows() {
+            let part = batch.slice(start, ROW_GROUP_ROWS.min(batch.num_rows() - start));
+            let writers = factory.create_column_writers(file.flushed_row_groups().len())?;
+            // one leaf per column: the schema has no nested fields
+            let chunks: Vec<_> = writers
+                .into_par_iter()
+                .zip(schema.fields().par_iter().zip(part.columns().par_iter()))
+                .map(|(mut writer, (field, column))| {
+                    for leaf in compute_leaves(field, column)? {
+                        writer.write(&leaf)?;
+                    }
+                    writer.close()
+                })
+                .collect::<Result<_, ParquetError>>()?;
+            let mut group = file.next_row_group()?;
+            for chunk in chunks {
+                chunk.append_to_row_group(&mut group)?;
+            }
+            group.close()?;
+            start += part.num_rows();
+        }
     }
-    w.close()?;
+    file.close()?;
     Ok(out)
 }
+
+/// Rows per row group (the parquet crate's default, named so the parallel writer splits where
+/// `ArrowWriter` would).
+const ROW_GROUP_ROWS: usize = parquet::file::properties::DEFAULT_MAX_ROW_GROUP_ROW_COUNT;
 
 #[cfg(test)]
 mod tests {
@@ -236,6 +275,17 @@ mod tests {
             }
             Decimal::try_from_i128_with_scale(v, s).unwrap()
         })
+    }
+
+    #[test]
+    fn columns_encoded_in_parallel_give_arrow_writers_bytes() {
+        let rows: Vec<LineItemRow> = rows().into_iter().cycle().take(5000).collect();
+        let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap())).build();
+        let mut want = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut want, schema(), Some(props)).unwrap();
+        w.write(&to_batch(&rows).unwrap()).unwrap();
+        w.close().unwrap();
+        assert_eq!(to_parquet(&rows).unwrap(), want);
     }
 
     #[test]

@@ -1225,16 +1225,17 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         .map(|(c, (issued, draft, cur))| (c, json!({"issued": format_amount(issued, &cur), "draft": format_amount(draft, &cur)})))
         .collect();
     let issued_ids: Vec<&String> = ledger.issued.iter().filter(|(_, e)| e.issued_as_of == as_of).map(|(id, _)| id).collect();
-    let mut file_list: Vec<Value> = Vec::new();
-    for e in ledger.issued.values().filter(|e| e.issued_as_of == as_of) {
-        for (k, h) in &e.files {
-            file_list.push(json!({"path": k, "sha256": h}));
-        }
-    }
-    for (k, b) in &other {
-        file_list.push(json!({"path": k, "sha256": sha(b)}));
-    }
-    file_list.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
+    // sorted by path before they become JSON objects (300 000 of them at 100 000 invoices)
+    let other_hashes: Vec<String> = other.iter().map(|(_, b)| sha(b)).collect();
+    let mut paths: Vec<(&str, &str)> = ledger
+        .issued
+        .values()
+        .filter(|e| e.issued_as_of == as_of)
+        .flat_map(|e| e.files.iter().map(|(k, h)| (k.as_str(), h.as_str())))
+        .chain(other.iter().zip(&other_hashes).map(|((k, _), h)| (k.as_str(), h.as_str())))
+        .collect();
+    paths.sort_by(|a, b| a.0.cmp(b.0));
+    let file_list: Vec<Value> = paths.into_iter().map(|(k, h)| json!({"path": k, "sha256": h})).collect();
     let manifest = json!({
         "schemaVersion": "billrun.manifest.v2",
         "asOf": as_of.to_string(),
