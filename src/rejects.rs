@@ -94,14 +94,19 @@ struct Columns {
     timestamp: Option<usize>,
     ingested_at: Option<usize>,
     raw: Option<usize>,
-    /// `(column, attribute name)` of every attribute column, enrichment dependencies included.
-    attributes: Vec<(usize, String)>,
-    /// `(column, dimension name)` of every dimension column, enrichment dependencies included.
-    dimensions: Vec<(usize, String)>,
+    /// Every attribute and dimension column, in the frame's order.
+    fields: Vec<Field>,
     /// Per meter slot, its `__hit_k` and `__units_k` columns.
     meters: Vec<(Option<usize>, Option<usize>)>,
-    /// Whether a column holds an enrichment dependency (the account's settings, not the event's).
-    dependency: Vec<bool>,
+}
+
+/// An attribute or dimension column of the rejects frame.
+struct Field {
+    column: usize,
+    name: String,
+    dimension: bool,
+    /// An enrichment dependency: the account's settings, not part of the event.
+    dependency: bool,
 }
 
 impl Columns {
@@ -109,11 +114,17 @@ impl Columns {
         let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
         let find = |n: &str| names.iter().position(|c| c == n);
         let dep = crate::jsonlogic::dependency_field("");
-        let prefixed = |p: &str| -> Vec<(usize, String)> {
-            names.iter().enumerate().filter_map(|(j, n)| n.strip_prefix(p).map(|f| (j, f.to_string()))).collect()
-        };
-        let dependency =
-            names.iter().map(|n| n.strip_prefix(ATTR_PREFIX).or(n.strip_prefix(DIM_PREFIX)).is_some_and(|f| f.starts_with(&dep))).collect();
+        let fields = names
+            .iter()
+            .enumerate()
+            .filter_map(|(column, n)| {
+                let (name, dimension) = match n.strip_prefix(ATTR_PREFIX) {
+                    Some(a) => (a, false),
+                    None => (n.strip_prefix(DIM_PREFIX)?, true),
+                };
+                Some(Field { column, name: name.to_string(), dimension, dependency: name.starts_with(&dep) })
+            })
+            .collect();
         Columns {
             series: df.columns().iter().map(|c| c.as_materialized_series().rechunk()).collect(),
             event_id: find(EVENT_ID),
@@ -122,10 +133,8 @@ impl Columns {
             timestamp: find(TIMESTAMP),
             ingested_at: find(INGESTED_AT),
             raw: find(RAW_ATTRS),
-            attributes: prefixed(ATTR_PREFIX),
-            dimensions: prefixed(DIM_PREFIX),
+            fields,
             meters: (0..meters).map(|k| (find(&format!("__hit_{k}")), find(&format!("__units_{k}")))).collect(),
-            dependency,
         }
     }
 }
@@ -162,14 +171,10 @@ impl<'a> Row<'a> {
 
     fn event(self) -> Event {
         let c = self.cols;
-        let mut attributes: Vec<Attribute> = c
-            .attributes
-            .iter()
-            .filter(|(j, _)| !c.dependency[*j])
-            .filter_map(|(j, name)| Some(Attribute::Cell { name: name.clone(), value: self.text(Some(*j))? }))
-            .collect();
-        let dimensions =
-            c.dimensions.iter().filter(|(j, _)| !c.dependency[*j]).filter_map(|(j, d)| Some((d.clone(), self.text(Some(*j))?))).collect();
+        let own = |dimension: bool| c.fields.iter().filter(move |f| f.dimension == dimension && !f.dependency);
+        let mut attributes: Vec<Attribute> =
+            own(false).filter_map(|f| Some(Attribute::Cell { name: f.name.clone(), value: self.text(Some(f.column))? })).collect();
+        let dimensions = own(true).filter_map(|f| Some((f.name.clone(), self.text(Some(f.column))?))).collect();
         if let Some(raw) = self.text(c.raw).and_then(|r| serde_json::from_str::<Vec<Value>>(&r).ok()) {
             attributes.extend(raw.into_iter().map(Attribute::Raw));
             attributes.sort_by(|a, b| a.name().cmp(&b.name()));
@@ -201,24 +206,21 @@ fn detail(reason: Reason, row: Row, cat: &Catalog, meter_ids: &[String]) -> Stri
             let schema_name = row.text(c.schema_name).unwrap_or_default();
             let Some(schema) = cat.event_schemas.get(&schema_name) else { return reason.describe().into() };
             let raw = row.text(c.raw);
-            // in column order, as the frame has them
-            let mut undeclared: Vec<(usize, String)> = c
-                .attributes
+            // in the frame's column order, enrichment dependencies included
+            let extra: Vec<String> = c
+                .fields
                 .iter()
-                .filter(|(j, a)| {
-                    !schema.attributes.contains(a)
-                        && (row.present(Some(*j)) || raw.as_ref().is_some_and(|r| r.contains(&format!("\"name\":\"{a}\""))))
+                .filter(|f| {
+                    let present = row.present(Some(f.column));
+                    if f.dimension {
+                        !schema.dimensions.contains(&f.name) && present
+                    } else {
+                        !schema.attributes.contains(&f.name)
+                            && (present || raw.as_ref().is_some_and(|r| r.contains(&format!("\"name\":\"{}\"", f.name))))
+                    }
                 })
-                .map(|(j, a)| (*j, format!("attribute `{a}`")))
-                .chain(
-                    c.dimensions
-                        .iter()
-                        .filter(|(j, d)| !schema.dimensions.contains(d) && row.present(Some(*j)))
-                        .map(|(j, d)| (*j, format!("dimension `{d}`"))),
-                )
+                .map(|f| format!("{} `{}`", if f.dimension { "dimension" } else { "attribute" }, f.name))
                 .collect();
-            undeclared.sort_by_key(|(j, _)| *j);
-            let extra: Vec<String> = undeclared.into_iter().map(|(_, s)| s).collect();
             format!("{} not declared in event schema `{schema_name}`", extra.join(", "))
         }
         Reason::Duplicate => format!("event id `{}` arrived earlier (first arrival wins)", row.text(c.event_id).unwrap_or_default()),
